@@ -1,0 +1,45 @@
+"""The ``megfm`` command line.
+
+Every subcommand lives in the module that does its work; this file only maps names to those
+modules and imports a module when its subcommand runs, so ``megfm --help`` stays fast. A
+subcommand module defines ``configure_parser(parser: argparse.ArgumentParser) -> None`` and
+``run(args: argparse.Namespace) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: subcommand name -> (module path, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "simulate": ("megfm_hf.simulation.cli", "generate a simulated multi-state MEG cohort (BIDS)"),
+    "build-dataset": ("megfm_hf.data.cli", "package MEG recordings as a datasets dataset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every subcommand configured."""
+    parser = argparse.ArgumentParser(
+        prog="megfm",
+        description="megfm-hf: a Hugging Face-native foundation model for MEG.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_path, help_text) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_path)
+        module.configure_parser(subparser)
+        subparser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``megfm`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
