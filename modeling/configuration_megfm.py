@@ -18,6 +18,15 @@ SENSOR_TYPES: tuple[str, ...] = ("magnetometer", "planar_gradiometer", "axial_gr
 ATTENTION_MODES: tuple[str, ...] = ("latent", "factorized", "full")
 POOLING_MODES: tuple[str, ...] = ("mean", "max")
 
+#: Where the transformers Auto classes find each class when a saved model is loaded with
+#: ``trust_remote_code=True`` (the files travel with the weights).
+AUTO_MAP: dict[str, str] = {
+    "AutoConfig": "configuration_megfm.MEGConfig",
+    "AutoModel": "modeling_megfm.MEGModel",
+    "AutoModelForPreTraining": "modeling_megfm.MEGForMaskedSignalModeling",
+    "AutoModelForSequenceClassification": "modeling_megfm.MEGForSequenceClassification",
+}
+
 
 def _check_option(name: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
@@ -186,6 +195,9 @@ class MEGConfig(PretrainedConfig):
         self.norm_patch_loss = bool(norm_patch_loss)
         self.pooling = pooling
         self.classifier_dropout = float(classifier_dropout)
+        # Every head, not only the class that happens to be saved, so any Auto class can load
+        # a saved folder as remote code.
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
         self._check()
 
@@ -221,7 +233,9 @@ class MEGConfig(PretrainedConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"MEGConfig: {name}={getattr(self, name)!r} must be >= 1.")
         if self.decoder_num_layers < 0:
-            raise ValueError(f"MEGConfig: decoder_num_layers={self.decoder_num_layers} must be >= 0.")
+            raise ValueError(
+                f"MEGConfig: decoder_num_layers={self.decoder_num_layers} must be >= 0."
+            )
         if self.sampling_rate <= 0:
             raise ValueError(f"MEGConfig: sampling_rate={self.sampling_rate} Hz must be positive.")
         if self.hidden_size % self.num_attention_heads:
@@ -254,4 +268,6 @@ class MEGConfig(PretrainedConfig):
             )
 
 
-__all__ = ["MEGConfig", "SENSOR_TYPES"]
+MEGConfig.register_for_auto_class()
+
+__all__ = ["AUTO_MAP", "MEGConfig", "SENSOR_TYPES"]

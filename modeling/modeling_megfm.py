@@ -1,0 +1,1242 @@
+"""The megfm MEG foundation model: a geometry-aware transformer over (sensor, time patch) tokens.
+
+This file travels to the Hugging Face Hub next to the weights as remote code, so it imports
+only the Python standard library, torch, transformers and ``configuration_megfm``.
+
+Reading order: output dataclasses, input validation, masking, embeddings, attention and
+layers, the three encoders (latent, factorized, full), the pretrained-model base, the bare
+:class:`MEGModel`, then the heads :class:`MEGForMaskedSignalModeling` and
+:class:`MEGForSequenceClassification`.
+
+Shapes use ``B`` batch, ``S`` sensors, ``T`` samples, ``P = T / patch_length`` time patches,
+``L`` latents per patch, ``D`` hidden size and ``H`` attention heads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_megfm import MEGConfig
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MEGModelOutput(ModelOutput):
+    """Output of [`MEGModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(B, S, P, D)`):
+            One feature vector per (sensor, time patch) after the encoder and the final norm.
+        pooler_output (`torch.FloatTensor` of shape `(B, D)`):
+            Summary of the tokens of valid sensors (mean or max, see `config.pooling`).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_hidden_states=True`: the embeddings, then the output of every encoder
+            block. `(B, S, P, D)` each in `full` and `factorized` modes; in `latent` mode the
+            latent states `(B, P, L, D)` after the sensor cross-attention and every temporal block.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_attentions=True`: the main self-attention probabilities of every block.
+            `full`: `(B, H, S*P, S*P)` over tokens ordered sensor-major. `factorized`: the temporal
+            attention `(B, S, H, P, P)`. `latent`: the temporal attention over latents
+            `(B, H, P*L, P*L)`.
+        sensor_attentions (`tuple(torch.FloatTensor)`, *optional*):
+            With `output_attentions=True`: attention over the sensor array within each time patch.
+            `factorized`: one `(B, P, H, S, S)` per block. `latent`: one `(B, P, H, L, S + L)`
+            from the sensor cross-attention, whose keys are the `S` sensors followed by the `L`
+            latents themselves; `[..., :S]` is the map over sensors. `None` in `full` mode.
+        mask (`torch.BoolTensor` of shape `(B, S, P)`, *optional*):
+            The tokens hidden from the encoder (True = hidden), when a mask was applied.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    sensor_attentions: tuple[torch.FloatTensor, ...] | None = None
+    mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class MEGMaskedSignalModelingOutput(ModelOutput):
+    """Output of [`MEGForMaskedSignalModeling`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`):
+            Mean squared error over the samples of hidden tokens of valid sensors.
+        reconstruction (`torch.FloatTensor` of shape `(B, S, T)`):
+            The decoder's signal for every token, in input units (in per-patch normalised units
+            when `config.norm_patch_loss` is set).
+        mask (`torch.BoolTensor` of shape `(B, S, P)`):
+            The tokens hidden from the encoder (True = hidden); the loss covers exactly these,
+            restricted to valid sensors.
+        hidden_states, attentions, sensor_attentions:
+            As in [`MEGModelOutput`], from the encoder.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    sensor_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MEGSequenceClassifierOutput(ModelOutput):
+    """Output of [`MEGForSequenceClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Classification (or regression) loss, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(B, num_labels)`):
+            Scores before softmax (or sigmoid for multi-label problems).
+        pooler_output (`torch.FloatTensor` of shape `(B, D)`):
+            The pooled features the classifier saw.
+        hidden_states, attentions, sensor_attentions:
+            As in [`MEGModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    sensor_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Input validation
+# --------------------------------------------------------------------------------------------
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(str(n) for n in tensor.shape) + ")"
+
+
+def validate_inputs(
+    config: MEGConfig,
+    input_values: torch.Tensor,
+    sensor_positions: torch.Tensor,
+    sensor_types: torch.Tensor,
+    sensor_mask: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+) -> None:
+    """Check the model inputs and raise a `ValueError` that names the argument and the problem.
+
+    Shapes are checked always; value checks (NaN/Inf, empty samples, unknown sensor types) read
+    the data and are skipped while `torch.compile` traces the model.
+    """
+    if input_values.dim() != 3:
+        raise ValueError(
+            f"input_values must have shape (batch, sensors, samples); got {input_values.dim()} "
+            f"dimensions with shape {_shape(input_values)}."
+        )
+    batch_size, num_sensors, num_samples = input_values.shape
+    if num_samples == 0 or num_samples % config.patch_length:
+        raise ValueError(
+            f"input_values has {num_samples} samples per sensor, which is not a positive multiple "
+            f"of patch_length={config.patch_length} (the model cuts the signal into patches of "
+            f"{config.patch_duration * 1e3:g} ms at {config.sampling_rate:g} Hz); crop or pad "
+            "the window to a whole number of patches."
+        )
+    expected = {
+        "sensor_positions": (sensor_positions, (batch_size, num_sensors, 6)),
+        "sensor_types": (sensor_types, (batch_size, num_sensors)),
+    }
+    if sensor_mask is not None:
+        expected["sensor_mask"] = (sensor_mask, (batch_size, num_sensors))
+    if mask is not None:
+        num_patches = num_samples // config.patch_length
+        expected["mask"] = (mask, (batch_size, num_sensors, num_patches))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{name} has shape {_shape(tensor)} but input_values has shape "
+                f"{_shape(input_values)}; expected {name} of shape {shape}."
+            )
+    if sensor_types.dtype.is_floating_point or sensor_types.dtype == torch.bool:
+        raise ValueError(f"sensor_types must hold integer codes; got dtype {sensor_types.dtype}.")
+    if torch.compiler.is_compiling():
+        return
+    if not torch.isfinite(input_values).all():
+        bad = (~torch.isfinite(input_values)).nonzero()[0].tolist()
+        raise ValueError(
+            "input_values holds NaN or Inf values (first at batch index "
+            f"{bad[0]}, sensor {bad[1]}, sample {bad[2]}); mark bad sensors in sensor_mask and "
+            "set their values to 0 instead."
+        )
+    if not torch.isfinite(sensor_positions).all():
+        raise ValueError("sensor_positions holds NaN or Inf values.")
+    low, high = int(sensor_types.min()), int(sensor_types.max())
+    if low < 0 or high >= config.num_sensor_types:
+        raise ValueError(
+            f"sensor_types holds code {low if low < 0 else high}; known codes are "
+            f"0..{config.num_sensor_types - 1} for {config.sensor_types}."
+        )
+    if sensor_mask is not None:
+        if sensor_mask.dtype != torch.bool:
+            raise ValueError(f"sensor_mask must be a bool tensor; got dtype {sensor_mask.dtype}.")
+        empty = (~sensor_mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"sensor_mask marks no valid sensor in batch index {empty[0]}; every sample "
+                "needs at least one valid sensor."
+            )
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = hidden); got dtype {mask.dtype}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Masking
+# --------------------------------------------------------------------------------------------
+
+
+def _rank(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry along the last dimension (0 = smallest)."""
+    return scores.argsort(dim=-1).argsort(dim=-1)
+
+
+def compute_signal_mask(
+    sensor_mask: torch.Tensor,
+    num_patches: int,
+    mask_ratio: float,
+    sensor_fraction: float = 0.3,
+    time_fraction: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> torch.BoolTensor:
+    """Draw which (sensor, patch) tokens to hide for masked-signal modelling.
+
+    Hiding random tokens alone lets a model interpolate from neighbouring sensors and patches,
+    so the mask mixes three kinds: whole sensors, one contiguous block of time patches across
+    all sensors, and single random tokens that bring the total to ``mask_ratio``.
+
+    Parameters
+    ----------
+    sensor_mask : torch.BoolTensor, shape (B, S)
+        True for valid sensors. Padding and bad sensors are never counted nor hidden.
+    num_patches : int
+        Time patches per window, ``P``.
+    mask_ratio : float
+        Fraction of the valid tokens to hide, in [0, 1). At least one token stays visible.
+    sensor_fraction, time_fraction : float
+        Shares of the hidden tokens drawn as whole sensors and as a time block.
+    generator : torch.Generator, optional
+        Source of randomness, for reproducible masks.
+
+    Returns
+    -------
+    mask : torch.BoolTensor, shape (B, S, P)
+        True where the token is hidden.
+    """
+    batch_size, num_sensors = sensor_mask.shape
+    device = sensor_mask.device
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(
+            shape, generator=generator, device=generator.device if generator else device
+        ).to(device)
+
+    valid_sensors = sensor_mask.sum(dim=1)
+    num_valid_tokens = valid_sensors * num_patches
+    target = torch.minimum(
+        torch.round(mask_ratio * num_valid_tokens.float()).long(), num_valid_tokens - 1
+    )
+
+    # Whole sensors: the lowest-ranked valid sensors of a random score.
+    num_hidden_sensors = torch.floor(mask_ratio * sensor_fraction * valid_sensors.float()).long()
+    sensor_scores = uniform(batch_size, num_sensors).masked_fill(~sensor_mask, 2.0)
+    hidden_sensors = _rank(sensor_scores) < num_hidden_sensors[:, None]
+
+    # One time block per window, the same for every sensor.
+    block = int(math.floor(mask_ratio * time_fraction * num_patches))
+    start = torch.floor(uniform(batch_size) * (num_patches - block + 1)).long()
+    patch_index = torch.arange(num_patches, device=device)
+    hidden_times = (patch_index >= start[:, None]) & (patch_index < start[:, None] + block)
+
+    mask = (hidden_sensors[:, :, None] | hidden_times[:, None, :]) & sensor_mask[:, :, None]
+
+    # Random tokens until the target count is reached.
+    missing = (target - mask.sum(dim=(1, 2))).clamp(min=0)
+    token_scores = uniform(batch_size, num_sensors, num_patches)
+    token_scores = token_scores.masked_fill(mask | ~sensor_mask[:, :, None], 2.0)
+    token_rank = _rank(token_scores.view(batch_size, -1)).view(batch_size, num_sensors, num_patches)
+    return mask | (token_rank < missing[:, None, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def sinusoidal_encoding(
+    positions: torch.Tensor, dim: int, max_period: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """Transformer sine/cosine encoding of (possibly fractional) ``positions``: (..., ) -> (..., dim)."""
+    half = dim // 2
+    exponent = torch.arange(half, device=positions.device, dtype=torch.float32) / max(half, 1)
+    frequencies = max_period ** (-exponent)
+    angles = positions.float()[..., None] * frequencies
+    encoding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if dim % 2:
+        encoding = F.pad(encoding, (0, 1))
+    return encoding.to(dtype)
+
+
+class MEGGeometryEmbedding(nn.Module):
+    """Embeds a sensor's position (m) and unit orientation with Fourier features and an MLP.
+
+    Wavelengths of the position features run geometrically from `fourier_min_wavelength` to
+    `fourier_max_wavelength` metres, so neighbouring sensors a centimetre apart and sides of the
+    head are both resolved; the orientation uses wavelengths from 0.5 to 8 (unitless). Smooth
+    features of real geometry, rather than a learned table per channel name, let one model meet
+    sensor arrays it never saw.
+    """
+
+    def __init__(self, config: MEGConfig):
+        super().__init__()
+        self.num_frequencies = config.num_fourier_features
+        self.min_wavelength = config.fourier_min_wavelength
+        self.max_wavelength = config.fourier_max_wavelength
+        in_features = 6 + 6 * 2 * self.num_frequencies
+        self.projection = nn.Sequential(
+            nn.Linear(in_features, config.hidden_size),
+            ACT2FN[config.hidden_act],
+            nn.Linear(config.hidden_size, config.hidden_size),
+        )
+
+    def _wavelengths(self, low: float, high: float, device: torch.device) -> torch.Tensor:
+        steps = torch.linspace(0.0, 1.0, self.num_frequencies, device=device)
+        return low * (high / low) ** steps
+
+    def forward(self, sensor_positions: torch.Tensor) -> torch.Tensor:
+        """(B, S, 6) positions and orientations -> (B, S, D)."""
+        device = sensor_positions.device
+        position_wavelengths = self._wavelengths(self.min_wavelength, self.max_wavelength, device)
+        orientation_wavelengths = self._wavelengths(0.5, 8.0, device)
+        wavelengths = torch.cat(
+            [position_wavelengths.expand(3, -1), orientation_wavelengths.expand(3, -1)]
+        )
+        angles = 2 * math.pi * sensor_positions.float()[..., None] / wavelengths  # (B, S, 6, F)
+        features = torch.cat(
+            [
+                sensor_positions.float(),
+                torch.sin(angles).flatten(-2),
+                torch.cos(angles).flatten(-2),
+            ],
+            dim=-1,
+        )
+        weight_dtype = self.projection[0].weight.dtype
+        return self.projection(features.to(weight_dtype))
+
+
+class MEGEmbeddings(nn.Module):
+    """Token embeddings: signal patch + sensor geometry + sensor type + temporal position.
+
+    Hidden tokens (and all tokens of invalid sensors) carry a learned mask embedding instead of
+    their samples, so no hidden signal can reach the encoder whatever the attention mode.
+    """
+
+    def __init__(self, config: MEGConfig):
+        super().__init__()
+        self.patch_length = config.patch_length
+        self.max_patches = config.max_patches
+        self.hidden_size = config.hidden_size
+        self.patch_projection = nn.Linear(config.patch_length, config.hidden_size)
+        self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.geometry = MEGGeometryEmbedding(config)
+        self.sensor_type = nn.Embedding(config.num_sensor_types, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def time_encoding(
+        self, num_patches: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """(P, D) sinusoidal encoding of the patch index."""
+        index = torch.arange(num_patches, device=device)
+        return sinusoidal_encoding(index, self.hidden_size, 10.0 * self.max_patches, dtype)
+
+    def position_embeddings(
+        self, sensor_positions: torch.Tensor, sensor_types: torch.Tensor, num_patches: int
+    ) -> torch.Tensor:
+        """Where and when every token is: sensor geometry + sensor type + patch index, `(B, S, P, D)`."""
+        sensor = self.geometry(sensor_positions) + self.sensor_type(sensor_types.long())
+        time = self.time_encoding(num_patches, sensor_positions.device, sensor.dtype)
+        return sensor[:, :, None, :] + time[None, None, :, :]
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        sensor_positions: torch.Tensor,
+        sensor_types: torch.Tensor,
+        hidden: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Return the tokens `(B, S, P, D)`; `hidden` `(B, S, P)` marks tokens to replace by the mask."""
+        batch_size, num_sensors, num_samples = input_values.shape
+        num_patches = num_samples // self.patch_length
+        weight_dtype = self.patch_projection.weight.dtype
+        patches = input_values.to(weight_dtype).view(
+            batch_size, num_sensors, num_patches, self.patch_length
+        )
+        signal = self.patch_projection(patches)
+        if hidden is not None:
+            signal = torch.where(hidden[..., None], self.mask_embedding.to(signal.dtype), signal)
+        position = self.position_embeddings(sensor_positions, sensor_types, num_patches)
+        return self.dropout(signal + position)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention and layers
+# --------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention in plain torch ops that also returns the probabilities.
+
+    `attention_mask` is boolean (True = may attend), broadcastable to `(N, H, Lq, Lk)`.
+    Returns the output `(N, Lq, H, Dh)` and the probabilities `(N, H, Lq, Lk)`.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def key_padding_mask(present: torch.Tensor | None) -> torch.Tensor | None:
+    """Turn `(N, Lk)` present flags into an attention mask `(N, 1, 1, Lk)`.
+
+    A sequence with no present key (a patch whose sensors are all hidden, a padded sensor) may
+    attend to all of its keys instead: such rows only ever hold hidden tokens, whose outputs are
+    discarded, and it keeps the softmax finite without a data-dependent branch.
+    """
+    if present is None:
+        return None
+    present = present | ~present.any(dim=-1, keepdim=True)
+    return present[:, None, None, :]
+
+
+class MEGAttention(nn.Module):
+    """Multi-head (self- or cross-) attention dispatched through transformers' attention registry.
+
+    `config._attn_implementation` selects the kernel (`"sdpa"` by default: PyTorch's
+    scaled-dot-product attention, with flash kernels on GPU when no mask is needed); a call
+    with `output_attentions=True` runs the eager path, which returns the probabilities.
+    """
+
+    is_causal = False
+
+    def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        context: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, Lq, D) queries attend to (N, Lk, D) context (itself when None)."""
+        context = hidden_states if context is None else context
+        n, query_length, _ = hidden_states.shape
+        key_length = context.shape[1]
+        query = (
+            self.q_proj(hidden_states)
+            .view(n, query_length, self.num_heads, self.head_dim)
+            .transpose(1, 2)
+        )
+        key = (
+            self.k_proj(context).view(n, key_length, self.num_heads, self.head_dim).transpose(1, 2)
+        )
+        value = (
+            self.v_proj(context).view(n, key_length, self.num_heads, self.head_dim).transpose(1, 2)
+        )
+
+        attention_interface: Callable = eager_attention_forward
+        implementation = self.config._attn_implementation or "sdpa"
+        if not output_attentions and implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                implementation, eager_attention_forward
+            )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=False,
+        )
+        output = self.o_proj(output.reshape(n, query_length, -1))
+        return output, (weights if output_attentions else None)
+
+
+class MEGMLP(nn.Module):
+    """Two-layer feed-forward block."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, config: MEGConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.act(self.fc1(hidden_states))))
+
+
+class MEGLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: (cross-)attention then feed-forward, both residual.
+
+    With `context`, the queries attend to `context` (normalised by its own norm); otherwise the
+    block is a self-attention block.
+    """
+
+    def __init__(
+        self, config: MEGConfig, hidden_size: int, num_heads: int, cross_attention: bool = False
+    ):
+        super().__init__()
+        intermediate_size = int(round(hidden_size * config.mlp_ratio))
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.context_norm = (
+            nn.LayerNorm(hidden_size, eps=config.layer_norm_eps) if cross_attention else None
+        )
+        self.attention = MEGAttention(config, hidden_size, num_heads)
+        self.attention_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.mlp_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MEGMLP(hidden_size, intermediate_size, config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        context: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        normed = self.attention_norm(hidden_states)
+        if self.context_norm is not None:
+            context = self.context_norm(context)
+        attended, weights = self.attention(normed, context, attention_mask, output_attentions)
+        hidden_states = hidden_states + self.attention_dropout(attended)
+        hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        return hidden_states, weights
+
+
+class MEGFeedForwardLayer(GradientCheckpointingLayer):
+    """Pre-norm residual feed-forward block, applied to every token on its own."""
+
+    def __init__(self, config: MEGConfig, hidden_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MEGMLP(hidden_size, int(round(hidden_size * config.mlp_ratio)), config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.mlp(self.norm(hidden_states))
+
+
+class MEGFactorizedLayer(GradientCheckpointingLayer):
+    """Attention over sensors within each patch, then over patches within each sensor, then MLP."""
+
+    def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.spatial_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.spatial_attention = MEGAttention(config, hidden_size, num_heads)
+        self.temporal_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.temporal_attention = MEGAttention(config, hidden_size, num_heads)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.mlp_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MEGMLP(hidden_size, int(round(hidden_size * config.mlp_ratio)), config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        present: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(B, S, P, D) grid; `present` (B, S, P) marks the tokens that may be attended to."""
+        batch_size, num_sensors, num_patches, hidden_size = hidden_states.shape
+        # Sensors within a patch: sequences of length S, one per (window, patch).
+        spatial = hidden_states.transpose(1, 2).reshape(
+            batch_size * num_patches, num_sensors, hidden_size
+        )
+        spatial_mask = (
+            None
+            if present is None
+            else key_padding_mask(present.transpose(1, 2).reshape(-1, num_sensors))
+        )
+        attended, spatial_weights = self.spatial_attention(
+            self.spatial_norm(spatial), None, spatial_mask, output_attentions
+        )
+        spatial = spatial + self.dropout(attended)
+        hidden_states = spatial.view(batch_size, num_patches, num_sensors, hidden_size).transpose(
+            1, 2
+        )
+
+        # Patches within a sensor: sequences of length P, one per (window, sensor).
+        temporal = hidden_states.reshape(batch_size * num_sensors, num_patches, hidden_size)
+        temporal_mask = (
+            None if present is None else key_padding_mask(present.reshape(-1, num_patches))
+        )
+        attended, temporal_weights = self.temporal_attention(
+            self.temporal_norm(temporal), None, temporal_mask, output_attentions
+        )
+        temporal = temporal + self.dropout(attended)
+        temporal = temporal + self.mlp(self.mlp_norm(temporal))
+        hidden_states = temporal.view(batch_size, num_sensors, num_patches, hidden_size)
+
+        if output_attentions:
+            spatial_weights = spatial_weights.view(
+                batch_size, num_patches, *spatial_weights.shape[1:]
+            )
+            temporal_weights = temporal_weights.view(
+                batch_size, num_sensors, *temporal_weights.shape[1:]
+            )
+        return hidden_states, temporal_weights, spatial_weights
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders: each maps the token grid (B, S, P, D) to a grid of the same shape.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderResult:
+    """What an encoder hands back to the model (internal)."""
+
+    grid: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    sensor_attentions: tuple[torch.Tensor, ...] | None
+
+
+class MEGFullEncoder(nn.Module):
+    """Every token attends to every present token of its window."""
+
+    def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [MEGLayer(config, hidden_size, num_heads) for _ in range(num_layers)]
+        )
+        self.norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        grid: torch.Tensor,
+        present: torch.Tensor | None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderResult:
+        batch_size, num_sensors, num_patches, hidden_size = grid.shape
+        tokens = grid.reshape(batch_size, num_sensors * num_patches, hidden_size)
+        mask = None if present is None else key_padding_mask(present.reshape(batch_size, -1))
+        hidden_states = (grid,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for layer in self.layers:
+            tokens, weights = layer(tokens, None, mask, output_attentions)
+            if output_hidden_states:
+                hidden_states += (tokens.view_as(grid),)
+            if output_attentions:
+                attentions += (weights,)
+        return EncoderResult(self.norm(tokens).view_as(grid), hidden_states, attentions, None)
+
+
+class MEGFactorizedEncoder(nn.Module):
+    """Blocks that attend over sensors within a patch, then over patches within a sensor."""
+
+    def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [MEGFactorizedLayer(config, hidden_size, num_heads) for _ in range(num_layers)]
+        )
+        self.norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        grid: torch.Tensor,
+        present: torch.Tensor | None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderResult:
+        hidden_states = (grid,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        sensor_attentions = () if output_attentions else None
+        for layer in self.layers:
+            grid, temporal_weights, spatial_weights = layer(grid, present, output_attentions)
+            if output_hidden_states:
+                hidden_states += (grid,)
+            if output_attentions:
+                attentions += (temporal_weights,)
+                sensor_attentions += (spatial_weights,)
+        return EncoderResult(self.norm(grid), hidden_states, attentions, sensor_attentions)
+
+
+class MEGLatentEncoder(nn.Module):
+    """Sensors -> a few latents per patch -> temporal transformer -> read-out to every sensor.
+
+    1. Per time patch, `num_latents` learned queries cross-attend to the present sensor tokens
+       of that patch and to themselves (as in Flamingo's Perceiver resampler, so a patch whose
+       sensors are all hidden is still well defined). Cost is linear in the number of sensors,
+       and the attention weights are a map over the sensor array.
+    2. A transformer of `num_hidden_layers` blocks runs over all `P * L` latents of the window.
+    3. Every (sensor, patch) token cross-attends to the latents of its patch, which gives each
+       sensor its output (and gives hidden tokens a prediction of their content).
+    """
+
+    def __init__(self, config: MEGConfig):
+        super().__init__()
+        hidden_size, num_heads = config.hidden_size, config.num_attention_heads
+        self.num_latents = config.num_latents
+        self.latents = nn.Parameter(torch.zeros(config.num_latents, hidden_size))
+        self.sensor_cross_attention = MEGLayer(config, hidden_size, num_heads, cross_attention=True)
+        self.layers = nn.ModuleList(
+            [MEGLayer(config, hidden_size, num_heads) for _ in range(config.num_hidden_layers)]
+        )
+        self.latent_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.readout = MEGLayer(config, hidden_size, num_heads, cross_attention=True)
+        self.norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        grid: torch.Tensor,
+        present: torch.Tensor | None,
+        time: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderResult:
+        """`grid` (B, S, P, D) tokens, `present` (B, S, P), `time` (P, D) patch encoding."""
+        batch_size, num_sensors, num_patches, hidden_size = grid.shape
+        num_latents = self.num_latents
+        sensors = grid.transpose(1, 2).reshape(batch_size * num_patches, num_sensors, hidden_size)
+        queries = (self.latents[None, :, :] + time[:, None, :]).to(grid.dtype)  # (P, L, D)
+        queries = queries.expand(batch_size, -1, -1, -1).reshape(
+            batch_size * num_patches, num_latents, hidden_size
+        )
+
+        context = torch.cat([sensors, queries], dim=1)
+        mask = None
+        if present is not None:
+            sensor_present = present.transpose(1, 2).reshape(batch_size * num_patches, num_sensors)
+            latent_present = sensor_present.new_ones(batch_size * num_patches, num_latents)
+            mask = torch.cat([sensor_present, latent_present], dim=1)[:, None, None, :]
+        latents, cross_weights = self.sensor_cross_attention(
+            queries, context, mask, output_attentions
+        )
+
+        latents = latents.view(batch_size, num_patches * num_latents, hidden_size)
+        hidden_states = (
+            (latents.view(batch_size, num_patches, num_latents, hidden_size),)
+            if output_hidden_states
+            else None
+        )
+        attentions = () if output_attentions else None
+        for layer in self.layers:
+            latents, weights = layer(latents, None, None, output_attentions)
+            if output_hidden_states:
+                hidden_states += (latents.view(batch_size, num_patches, num_latents, hidden_size),)
+            if output_attentions:
+                attentions += (weights,)
+        latents = self.latent_norm(latents).view(batch_size * num_patches, num_latents, hidden_size)
+
+        tokens, _ = self.readout(sensors, latents, None, False)
+        tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
+        sensor_attentions = None
+        if output_attentions:
+            sensor_attentions = (
+                cross_weights.view(batch_size, num_patches, *cross_weights.shape[1:]),
+            )
+        return EncoderResult(self.norm(tokens), hidden_states, attentions, sensor_attentions)
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained-model base and the bare model
+# --------------------------------------------------------------------------------------------
+
+
+class MEGPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, checkpoint loading and the shared configuration of megfm models."""
+
+    config_class = MEGConfig
+    config: MEGConfig
+    base_model_prefix = "megfm"
+    main_input_name = "input_values"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MEGLayer", "MEGFactorizedLayer", "MEGEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, MEGEmbeddings):
+            init.trunc_normal_(module.mask_embedding, std=std)
+        elif isinstance(module, MEGLatentEncoder):
+            init.trunc_normal_(module.latents, std=std)
+        elif isinstance(module, MEGDecoder) and module.mask_token is not None:
+            init.trunc_normal_(module.mask_token, std=std)
+
+
+class MEGModel(MEGPreTrainedModel):
+    """The bare megfm encoder: MEG windows in, one feature vector per (sensor, patch) out.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from megfm_hf import MEGConfig, MEGModel
+    >>> model = MEGModel(MEGConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4))
+    >>> inputs = dict(
+    ...     input_values=torch.randn(2, 306, 250),      # (batch, sensors, samples), scaled
+    ...     sensor_positions=torch.randn(2, 306, 6) * 0.1,  # metres + unit orientation
+    ...     sensor_types=torch.zeros(2, 306, dtype=torch.long),
+    ... )
+    >>> model(**inputs).last_hidden_state.shape
+    torch.Size([2, 306, 10, 32])
+    ```
+    """
+
+    # A pretraining checkpoint holds the decoder too; the bare encoder and the classifier skip it.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: MEGConfig):
+        super().__init__(config)
+        self.embeddings = MEGEmbeddings(config)
+        if config.attention_mode == "latent":
+            self.encoder = MEGLatentEncoder(config)
+        elif config.attention_mode == "factorized":
+            self.encoder = MEGFactorizedEncoder(
+                config, config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+            )
+        else:
+            self.encoder = MEGFullEncoder(
+                config, config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+            )
+        self.post_init()
+
+    def pool(
+        self, last_hidden_state: torch.Tensor, sensor_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Summarise `(B, S, P, D)` tokens over valid sensors and all patches into `(B, D)`."""
+        if sensor_mask is None:
+            if self.config.pooling == "max":
+                return last_hidden_state.amax(dim=(1, 2))
+            return last_hidden_state.mean(dim=(1, 2))
+        weights = sensor_mask[:, :, None, None]
+        if self.config.pooling == "max":
+            filled = last_hidden_state.masked_fill(
+                ~weights, torch.finfo(last_hidden_state.dtype).min
+            )
+            return filled.amax(dim=(1, 2))
+        total = (last_hidden_state * weights).sum(dim=(1, 2))
+        count = weights.sum(dim=(1, 2)).clamp(min=1) * last_hidden_state.shape[2]
+        return total / count.to(total.dtype)
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        sensor_positions: torch.Tensor,
+        sensor_types: torch.Tensor,
+        sensor_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MEGModelOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `(B, S, T)`):
+                MEG windows, scaled to values of order one (the processor applies the scaling
+                per sensor type); `T` must be a multiple of `config.patch_length`.
+            sensor_positions (`torch.FloatTensor` of shape `(B, S, 6)`):
+                Sensor position in metres and unit orientation, in head coordinates.
+            sensor_types (`torch.LongTensor` of shape `(B, S)`):
+                Index of every sensor's kind in `config.sensor_types`.
+            sensor_mask (`torch.BoolTensor` of shape `(B, S)`, *optional*):
+                False for padding and bad sensors, which then influence nothing. All sensors are
+                valid when omitted.
+            mask (`torch.BoolTensor` of shape `(B, S, P)`, *optional*):
+                Tokens to hide from the encoder (True = hidden).
+            output_attentions (`bool`, *optional*):
+                Return attention probabilities (computed on the eager path).
+            output_hidden_states (`bool`, *optional*):
+                Return the states after every block.
+            return_dict (`bool`, *optional*):
+                Return a [`MEGModelOutput`] rather than a tuple.
+        """
+        output_attentions = (
+            self.config.output_attentions if output_attentions is None else output_attentions
+        )
+        output_hidden_states = (
+            self.config.output_hidden_states
+            if output_hidden_states is None
+            else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        validate_inputs(
+            self.config, input_values, sensor_positions, sensor_types, sensor_mask, mask
+        )
+        output = self.encode(
+            input_values,
+            sensor_positions,
+            sensor_types,
+            sensor_mask,
+            mask,
+            output_attentions,
+            output_hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def encode(
+        self,
+        input_values: torch.Tensor,
+        sensor_positions: torch.Tensor,
+        sensor_types: torch.Tensor,
+        sensor_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> MEGModelOutput:
+        """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads)."""
+        hidden = None
+        if sensor_mask is not None:
+            hidden = ~sensor_mask[:, :, None].expand(
+                -1, -1, input_values.shape[-1] // self.config.patch_length
+            )
+        if mask is not None:
+            hidden = mask if hidden is None else hidden | mask
+        present = None if hidden is None else ~hidden
+
+        grid = self.embeddings(input_values, sensor_positions, sensor_types, hidden)
+        if self.config.attention_mode == "latent":
+            time = self.embeddings.time_encoding(grid.shape[2], grid.device, grid.dtype)
+            result = self.encoder(grid, present, time, output_attentions, output_hidden_states)
+        else:
+            result = self.encoder(grid, present, output_attentions, output_hidden_states)
+        return MEGModelOutput(
+            last_hidden_state=result.grid,
+            pooler_output=self.pool(result.grid, sensor_mask),
+            hidden_states=result.hidden_states,
+            attentions=result.attentions,
+            sensor_attentions=result.sensor_attentions,
+            mask=mask,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Masked-signal modelling head
+# --------------------------------------------------------------------------------------------
+
+
+class MEGDecoder(nn.Module):
+    """A light decoder from encoder tokens to the samples of every patch.
+
+    In `latent` mode the encoder's read-out has already given every hidden token a state
+    gathered from the latents of its patch, so the decoder is per-token feed-forward blocks.
+    In `full` and `factorized` modes hidden tokens are replaced by a learned mask token (as in
+    ViT-MAE) and attention blocks of the encoder's kind let them gather context.
+    """
+
+    def __init__(self, config: MEGConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.mode = config.attention_mode
+        self.embed = nn.Linear(config.hidden_size, width)
+        self.position = nn.Linear(config.hidden_size, width)
+        self.mask_token = None
+        if self.mode == "latent":
+            self.layers = nn.ModuleList(
+                [MEGFeedForwardLayer(config, width) for _ in range(config.decoder_num_layers)]
+            )
+        else:
+            self.mask_token = nn.Parameter(torch.zeros(width))
+            encoder_class = MEGFactorizedEncoder if self.mode == "factorized" else MEGFullEncoder
+            self.mixer = encoder_class(
+                config, width, config.decoder_num_attention_heads, config.decoder_num_layers
+            )
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.head = nn.Linear(width, config.patch_length)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        position: torch.Tensor,
+        hidden: torch.Tensor,
+        sensor_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Encoder tokens (B, S, P, D) -> predicted patches (B, S, P, patch_length)."""
+        states = self.embed(tokens) + self.position(position)
+        if self.mode == "latent":
+            for layer in self.layers:
+                states = layer(states)
+        else:
+            states = torch.where(
+                hidden[..., None],
+                self.mask_token.to(states.dtype) + self.position(position),
+                states,
+            )
+            present = None
+            if sensor_mask is not None:
+                present = sensor_mask[:, :, None].expand(-1, -1, states.shape[2])
+            states = self.mixer(states, present).grid
+        return self.head(self.norm(states))
+
+
+class MEGForMaskedSignalModeling(MEGPreTrainedModel):
+    """megfm with a reconstruction decoder, for self-supervised masked-signal pretraining.
+
+    A mask hides tokens from the encoder (drawn with :func:`compute_signal_mask` from the
+    configured ratios, or passed explicitly); the decoder predicts their samples and the loss
+    is the mean squared error over hidden tokens of valid sensors.
+    """
+
+    def __init__(self, config: MEGConfig):
+        super().__init__(config)
+        self.megfm = MEGModel(config)
+        self.decoder = MEGDecoder(config)
+        self.post_init()
+
+    def draw_mask(
+        self,
+        sensor_mask: torch.Tensor,
+        num_patches: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.BoolTensor:
+        """Draw a pretraining mask `(B, S, P)` with this model's ratios (True = hidden)."""
+        return compute_signal_mask(
+            sensor_mask,
+            num_patches,
+            self.config.mask_ratio,
+            self.config.mask_sensor_fraction,
+            self.config.mask_time_fraction,
+            generator=generator,
+        )
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        sensor_positions: torch.Tensor,
+        sensor_types: torch.Tensor,
+        sensor_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_loss: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MEGMaskedSignalModelingOutput | tuple:
+        r"""
+        Args:
+            input_values, sensor_positions, sensor_types, sensor_mask:
+                As in [`MEGModel.forward`].
+            mask (`torch.BoolTensor` of shape `(B, S, P)`, *optional*):
+                Tokens to hide and reconstruct (True = hidden). Drawn with the configured ratios
+                when omitted.
+            generator (`torch.Generator`, *optional*):
+                Source of randomness for the drawn mask, for reproducible masks.
+            return_loss (`bool`, *optional*, defaults to `True`):
+                Compute the reconstruction loss. Self-supervised, it needs no labels, and this
+                argument tells the `Trainer` that evaluation can report it.
+        """
+        output_attentions = (
+            self.config.output_attentions if output_attentions is None else output_attentions
+        )
+        output_hidden_states = (
+            self.config.output_hidden_states
+            if output_hidden_states is None
+            else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        validate_inputs(
+            self.config, input_values, sensor_positions, sensor_types, sensor_mask, mask
+        )
+        patch_length = self.config.patch_length
+        batch_size, num_sensors, num_samples = input_values.shape
+        num_patches = num_samples // patch_length
+        valid = sensor_mask
+        if valid is None:
+            valid = torch.ones(
+                batch_size, num_sensors, dtype=torch.bool, device=input_values.device
+            )
+        if mask is None:
+            mask = self.draw_mask(valid, num_patches, generator)
+
+        outputs = self.megfm.encode(
+            input_values,
+            sensor_positions,
+            sensor_types,
+            sensor_mask,
+            mask,
+            output_attentions,
+            output_hidden_states,
+        )
+        hidden = mask | ~valid[:, :, None]
+        position = self.megfm.embeddings.position_embeddings(
+            sensor_positions, sensor_types, num_patches
+        )
+        predicted = self.decoder(outputs.last_hidden_state, position, hidden, sensor_mask).float()
+
+        loss = None
+        if return_loss:
+            target = input_values.float().view(batch_size, num_sensors, num_patches, patch_length)
+            if self.config.norm_patch_loss:
+                mean = target.mean(dim=-1, keepdim=True)
+                variance = target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (variance + 1e-6) ** 0.5
+            token_error = (predicted - target).pow(2).mean(dim=-1)
+            weights = (mask & valid[:, :, None]).to(token_error.dtype)
+            loss = (token_error * weights).sum() / weights.sum().clamp(min=1.0)
+
+        output = MEGMaskedSignalModelingOutput(
+            loss=loss,
+            reconstruction=predicted.view(batch_size, num_sensors, num_samples),
+            mask=mask,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            sensor_attentions=outputs.sensor_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence classification head
+# --------------------------------------------------------------------------------------------
+
+
+class MEGForSequenceClassification(MEGPreTrainedModel):
+    """megfm with a linear classifier (or regressor) on the pooled features of a window.
+
+    Loads from a pretraining checkpoint: the encoder weights are shared under `megfm.`, and only
+    the classifier is reported missing. The loss follows transformers' classifiers:
+    `config.problem_type` is `"regression"`, `"single_label_classification"` or
+    `"multi_label_classification"`, inferred from `num_labels` and the label dtype when unset.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: MEGConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.megfm = MEGModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        sensor_positions: torch.Tensor,
+        sensor_types: torch.Tensor,
+        sensor_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MEGSequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            input_values, sensor_positions, sensor_types, sensor_mask:
+                As in [`MEGModel.forward`].
+            labels (`torch.LongTensor` of shape `(B,)` or `torch.FloatTensor` of shape
+                `(B, num_labels)`, *optional*):
+                Class indices in `[0, num_labels)`, targets for regression, or multi-hot
+                targets for multi-label problems.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.megfm(
+            input_values,
+            sensor_positions,
+            sensor_types,
+            sensor_mask=sensor_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        pooled = outputs.pooler_output
+        logits = self.classifier(self.dropout(pooled))
+
+        loss = None
+        if labels is not None:
+            loss = self._loss(logits, labels.to(logits.device))
+        output = MEGSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            pooler_output=pooled,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            sensor_attentions=outputs.sensor_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1).float(), labels.squeeze().float().view(-1))
+            return F.mse_loss(logits.float(), labels.float())
+        if self.config.problem_type == "single_label_classification":
+            if labels.min() < 0 or labels.max() >= self.num_labels:
+                raise ValueError(
+                    f"labels hold class {int(labels.max())} but the model has num_labels="
+                    f"{self.num_labels}; expected class indices in [0, {self.num_labels})."
+                )
+            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+MEGModel.register_for_auto_class("AutoModel")
+MEGForMaskedSignalModeling.register_for_auto_class("AutoModelForPreTraining")
+MEGForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "MEGForMaskedSignalModeling",
+    "MEGForSequenceClassification",
+    "MEGMaskedSignalModelingOutput",
+    "MEGModel",
+    "MEGModelOutput",
+    "MEGPreTrainedModel",
+    "MEGSequenceClassifierOutput",
+    "compute_signal_mask",
+    "validate_inputs",
+]

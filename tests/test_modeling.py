@@ -1,0 +1,304 @@
+"""Tests of the model family: shapes, masking, padding invariance, attention, save/load, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_tester import meg_batch, tiny_config
+
+from megfm_hf import (
+    MEGConfig,
+    MEGForMaskedSignalModeling,
+    MEGForSequenceClassification,
+    MEGModel,
+    compute_signal_mask,
+)
+
+MODES = ["latent", "factorized", "full"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_model_output_shapes(mode):
+    config = tiny_config(attention_mode=mode)
+    model = MEGModel(config).eval()
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=60)
+    out = model(**batch, output_hidden_states=True, output_attentions=True)
+    assert out.last_hidden_state.shape == (2, 12, 6, config.hidden_size)
+    assert out.pooler_output.shape == (2, config.hidden_size)
+    # the embeddings plus one state per block (latent mode: after the sensor cross-attention)
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert len(out.attentions) == config.num_hidden_layers
+    if mode == "full":
+        assert out.attentions[0].shape == (2, 4, 72, 72)
+        assert out.sensor_attentions is None
+    elif mode == "factorized":
+        assert out.attentions[0].shape == (2, 12, 4, 6, 6)
+        assert out.sensor_attentions[0].shape == (2, 6, 4, 12, 12)
+    else:
+        assert out.attentions[0].shape == (2, 4, 6 * 4, 6 * 4)
+        assert out.sensor_attentions[0].shape == (2, 6, 4, 4, 12 + 4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_masked_signal_modeling_outputs(mode):
+    config = tiny_config(attention_mode=mode)
+    model = MEGForMaskedSignalModeling(config)
+    batch = meg_batch(batch_size=3, num_sensors=15, num_samples=50)
+    out = model(**batch, generator=torch.Generator().manual_seed(1))
+    assert out.reconstruction.shape == (3, 15, 50)
+    assert out.mask.shape == (3, 15, 5)
+    assert out.mask.dtype == torch.bool
+    assert out.mask.float().mean().item() == pytest.approx(config.mask_ratio, abs=0.02)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    missing_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing_grad, f"parameters without gradient: {missing_grad}"
+
+
+def test_loss_covers_only_masked_tokens_of_valid_sensors():
+    config = tiny_config()
+    model = MEGForMaskedSignalModeling(config).eval()
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
+    mask = torch.zeros(2, 12, 4, dtype=torch.bool)
+    mask[:, 3, :] = True  # one whole sensor
+    mask[:, :, 2] = True  # one time patch
+    out = model(**batch, mask=mask)
+    target = batch["input_values"].view(2, 12, 4, 10)
+    predicted = out.reconstruction.view(2, 12, 4, 10)
+    expected = (predicted - target).pow(2).mean(-1)[mask].mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
+    sensor_mask = torch.ones(4, 30, dtype=torch.bool)
+    sensor_mask[2, 20:] = False
+    first = compute_signal_mask(sensor_mask, 20, 0.6, 0.3, 0.3, torch.Generator().manual_seed(5))
+    again = compute_signal_mask(sensor_mask, 20, 0.6, 0.3, 0.3, torch.Generator().manual_seed(5))
+    other = compute_signal_mask(sensor_mask, 20, 0.6, 0.3, 0.3, torch.Generator().manual_seed(6))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not first[2, 20:].any(), "padding sensors must never be masked"
+    valid_tokens = sensor_mask.sum(1) * 20
+    assert torch.equal(first.sum((1, 2)), torch.round(0.6 * valid_tokens.float()).long())
+    whole_sensors = first.all(dim=2) & sensor_mask
+    whole_patches = (first | ~sensor_mask[:, :, None]).all(dim=1)
+    # 0.6 * 0.3 of the valid sensors whole, and a block of 0.6 * 0.3 * 20 = 3 patches
+    expected_sensors = torch.floor(0.18 * sensor_mask.sum(1).float()).long()
+    assert (whole_sensors.sum(1) >= expected_sensors).all(), "expected whole sensors among the masked tokens"
+    assert (whole_patches.sum(1) >= 3).all(), "expected a time block among the masked tokens"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_and_bad_sensors_change_nothing_else(mode):
+    config = tiny_config(attention_mode=mode)
+    model = MEGForMaskedSignalModeling(config).eval()
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
+    mask = compute_signal_mask(batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(0))
+    reference = model(**batch, mask=mask)
+
+    # Pad with five sensors of garbage values and a sixth bad sensor inside the array.
+    padded = {
+        "input_values": torch.cat([batch["input_values"], 50 * torch.randn(2, 5, 40)], dim=1),
+        "sensor_positions": torch.cat([batch["sensor_positions"], torch.randn(2, 5, 6)], dim=1),
+        "sensor_types": torch.cat([batch["sensor_types"], torch.full((2, 5), 2)], dim=1),
+        "sensor_mask": torch.cat([batch["sensor_mask"], torch.zeros(2, 5, dtype=torch.bool)], dim=1),
+    }
+    padded_mask = torch.cat([mask, torch.rand(2, 5, 4) > 0.5], dim=1)
+    padded_out = model(**padded, mask=padded_mask)
+    torch.testing.assert_close(padded_out.loss, reference.loss)
+    torch.testing.assert_close(padded_out.reconstruction[:, :12], reference.reconstruction)
+
+    encoder = model.megfm
+    features = encoder(**batch).last_hidden_state
+    padded_features = encoder(**padded).last_hidden_state
+    torch.testing.assert_close(padded_features[:, :12], features)
+    torch.testing.assert_close(encoder(**padded).pooler_output, encoder(**batch).pooler_output)
+
+    # A bad sensor: its values change, the other sensors' outputs do not.
+    bad = {k: v.clone() for k, v in batch.items()}
+    bad["sensor_mask"][:, 5] = False
+    changed = {k: v.clone() for k, v in bad.items()}
+    changed["input_values"][:, 5] = 100.0
+    keep = torch.arange(12) != 5
+    torch.testing.assert_close(
+        encoder(**bad).last_hidden_state[:, keep], encoder(**changed).last_hidden_state[:, keep]
+    )
+
+
+def test_one_model_serves_306_and_275_sensor_arrays():
+    model = MEGModel(tiny_config()).eval()
+    neuromag = meg_batch(batch_size=1, num_sensors=306, num_samples=20, seed=1)
+    ctf = meg_batch(batch_size=1, num_sensors=275, num_samples=20, seed=2)
+    ctf["sensor_types"].fill_(2)
+    assert model(**neuromag).last_hidden_state.shape[1] == 306
+    assert model(**ctf).last_hidden_state.shape[1] == 275
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_probabilities_sum_to_one(mode):
+    model = MEGModel(tiny_config(attention_mode=mode)).eval()
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    batch["sensor_mask"][1, -2:] = False
+    out = model(**batch, output_attentions=True)
+    for weights in out.attentions + (out.sensor_attentions or ()):
+        assert (weights >= 0).all()
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    if out.sensor_attentions is not None:
+        # invalid sensors receive no attention
+        sensor_weights = out.sensor_attentions[0][1, ..., 7:9]
+        assert torch.count_nonzero(sensor_weights) == 0
+
+
+def test_eager_and_sdpa_agree():
+    config = tiny_config()
+    model = MEGModel(config).eval()
+    batch = meg_batch(batch_size=2, num_sensors=10, num_samples=30)
+    batch["sensor_mask"][0, :3] = False
+    sdpa = model(**batch).last_hidden_state
+    eager = model(**batch, output_attentions=True).last_hidden_state
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-4)
+
+
+def test_forward_is_deterministic_in_eval_mode():
+    model = MEGForMaskedSignalModeling(tiny_config()).eval()
+    batch = meg_batch()
+    first = model(**batch, generator=torch.Generator().manual_seed(3))
+    second = model(**batch, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first.mask, second.mask)
+    assert torch.equal(first.reconstruction, second.reconstruction)
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification", "regression"])
+def test_sequence_classification_losses(problem_type):
+    num_labels = 1 if problem_type == "regression" else 3
+    model = MEGForSequenceClassification(tiny_config(num_labels=num_labels, problem_type=problem_type))
+    batch = meg_batch(batch_size=4)
+    if problem_type == "single_label_classification":
+        labels = torch.tensor([0, 2, 1, 0])
+        expected_fn = lambda logits: torch.nn.functional.cross_entropy(logits, labels)  # noqa: E731
+    elif problem_type == "multi_label_classification":
+        labels = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
+        expected_fn = lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)  # noqa: E731
+    else:
+        labels = torch.tensor([0.5, -1.0, 2.0, 0.0])
+        expected_fn = lambda logits: torch.nn.functional.mse_loss(logits.squeeze(-1), labels)  # noqa: E731
+    model.eval()
+    out = model(**batch, labels=labels)
+    assert out.logits.shape == (4, num_labels)
+    torch.testing.assert_close(out.loss, expected_fn(out.logits))
+
+
+def test_problem_type_is_inferred_like_transformers():
+    model = MEGForSequenceClassification(tiny_config(num_labels=2))
+    model(**meg_batch(batch_size=2), labels=torch.tensor([0, 1]))
+    assert model.config.problem_type == "single_label_classification"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    mask = compute_signal_mask(batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = MEGForMaskedSignalModeling(tiny_config())
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+            assert len(flagged) >= tiny_config().num_hidden_layers
+        model.train()
+        model(**batch, mask=mask).loss.backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(gradients[0], gradients[1])
+
+
+def test_bf16_autocast_runs():
+    model = MEGForMaskedSignalModeling(tiny_config())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**meg_batch(batch_size=2), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_compile_full_graph(mode):
+    torch._dynamo.reset()
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode)).eval()
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    mask = compute_signal_mask(batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    expected = model(**batch, mask=mask)
+    got = compiled(**batch, mask=mask)
+    torch.testing.assert_close(got.reconstruction, expected.reconstruction)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return MEGModel(tiny_config()).eval()
+
+
+def _batch():
+    return meg_batch(batch_size=2, num_sensors=6, num_samples=20)
+
+
+def test_wrong_rank_is_rejected(small_model):
+    batch = _batch()
+    batch["input_values"] = batch["input_values"][0]
+    with pytest.raises(ValueError, match=r"input_values must have shape \(batch, sensors, samples\); got 2"):
+        small_model(**batch)
+
+
+@pytest.mark.parametrize("name", ["sensor_positions", "sensor_types", "sensor_mask"])
+def test_mismatched_sensor_counts_are_rejected(small_model, name):
+    batch = _batch()
+    batch[name] = batch[name][:, :5]
+    with pytest.raises(ValueError, match=rf"{name} has shape \(2, 5.*expected {name} of shape \(2, 6"):
+        small_model(**batch)
+
+
+def test_length_not_a_multiple_of_the_patch_is_rejected(small_model):
+    batch = _batch()
+    batch["input_values"] = batch["input_values"][..., :17]
+    with pytest.raises(ValueError, match="17 samples per sensor, which is not a positive multiple of patch_length=10"):
+        small_model(**batch)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_values_are_rejected(small_model, value):
+    batch = _batch()
+    batch["input_values"][1, 4, 7] = value
+    with pytest.raises(ValueError, match="NaN or Inf values \\(first at batch index 1, sensor 4, sample 7\\)"):
+        small_model(**batch)
+
+
+def test_sample_without_valid_sensor_is_rejected(small_model):
+    batch = _batch()
+    batch["sensor_mask"][1] = False
+    with pytest.raises(ValueError, match="sensor_mask marks no valid sensor in batch index 1"):
+        small_model(**batch)
+
+
+@pytest.mark.parametrize("code", [-1, 4])
+def test_unknown_sensor_type_is_rejected(small_model, code):
+    batch = _batch()
+    batch["sensor_types"][0, 2] = code
+    with pytest.raises(ValueError, match=rf"sensor_types holds code {code}; known codes are 0..3"):
+        small_model(**batch)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="attention_mode='dense' is not allowed"):
+        MEGConfig(attention_mode="dense")
+    with pytest.raises(ValueError, match="hidden_size=30 is not divisible by num_attention_heads=4"):
+        MEGConfig(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="mask_ratio=1.0 is outside"):
+        MEGConfig(mask_ratio=1.0)
