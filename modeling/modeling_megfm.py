@@ -805,6 +805,13 @@ class MEGPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, MEGEmbeddings):
+            # Signal and geometry must reach the encoder at the scale of the (fixed, order-one)
+            # time encoding; at the default 0.02 they start as a faint perturbation of position
+            # and masked-signal training stalls. ViT-MAE initialises its patch embedding likewise.
+            init.xavier_uniform_(module.patch_projection.weight)
+            for layer in module.geometry.projection:
+                if isinstance(layer, nn.Linear):
+                    init.xavier_uniform_(layer.weight)
             init.trunc_normal_(module.mask_embedding, std=std)
         elif isinstance(module, MEGLatentEncoder):
             init.trunc_normal_(module.latents, std=std)

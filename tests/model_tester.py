@@ -63,9 +63,14 @@ def meg_batch(
     num_samples: int = 100,
     sfreq: float = 100.0,
     alpha_amplitude: np.ndarray | float = 1.0,
+    evoked_amplitude: float = 0.0,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Model inputs for MEG-like windows: 3 sources with smooth fields, alpha + 1/f + noise."""
+    """Model inputs for MEG-like windows: 3 sources with smooth fields, alpha + 1/f + noise.
+
+    With ``evoked_amplitude`` the windows are stimulus-locked: the first source also carries an
+    evoked response (a 10 Hz burst peaking 0.3 s into the window) in every window.
+    """
     rng = np.random.default_rng(seed)
     geometry = helmet(num_sensors, rng)
     positions = geometry[:, :3]
@@ -78,13 +83,29 @@ def meg_batch(
     alpha_amplitude = np.broadcast_to(np.asarray(alpha_amplitude, dtype=float), (batch_size,))
     phases = rng.uniform(0, 2 * math.pi, size=batch_size)
     alpha = alpha_amplitude[:, None] * np.sin(2 * math.pi * 10.0 * time[None, :] + phases[:, None])
-    sources = np.stack([alpha, pink_noise((batch_size, num_samples), rng), pink_noise((batch_size, num_samples), rng)], axis=1)
+    evoked = (
+        evoked_amplitude
+        * np.exp(-((time - 0.3) ** 2) / (2 * 0.05**2))
+        * np.cos(2 * math.pi * 10.0 * (time - 0.3))
+    )
+    sources = np.stack(
+        [
+            alpha + evoked[None, :],
+            pink_noise((batch_size, num_samples), rng),
+            pink_noise((batch_size, num_samples), rng),
+        ],
+        axis=1,
+    )
     signal = np.einsum("bkt,ks->bst", sources, fields)
     signal += 0.1 * rng.normal(size=signal.shape)
     types = np.tile(np.array([0, 1, 1]), num_sensors // 3 + 1)[:num_sensors]
     return {
         "input_values": torch.tensor(signal, dtype=torch.float32),
-        "sensor_positions": torch.tensor(np.broadcast_to(geometry, (batch_size, num_sensors, 6)).copy()),
-        "sensor_types": torch.tensor(np.broadcast_to(types, (batch_size, num_sensors)).copy(), dtype=torch.long),
+        "sensor_positions": torch.tensor(
+            np.broadcast_to(geometry, (batch_size, num_sensors, 6)).copy()
+        ),
+        "sensor_types": torch.tensor(
+            np.broadcast_to(types, (batch_size, num_sensors)).copy(), dtype=torch.long
+        ),
         "sensor_mask": torch.ones(batch_size, num_sensors, dtype=torch.bool),
     }

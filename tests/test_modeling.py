@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_tester import meg_batch, tiny_config
+import torch.nn.functional as F
 
 from megfm_hf import (
     MEGConfig,
@@ -13,6 +13,8 @@ from megfm_hf import (
     MEGModel,
     compute_signal_mask,
 )
+
+from model_tester import meg_batch, tiny_config
 
 MODES = ["latent", "factorized", "full"]
 
@@ -89,7 +91,9 @@ def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
     whole_patches = (first | ~sensor_mask[:, :, None]).all(dim=1)
     # 0.6 * 0.3 of the valid sensors whole, and a block of 0.6 * 0.3 * 20 = 3 patches
     expected_sensors = torch.floor(0.18 * sensor_mask.sum(1).float()).long()
-    assert (whole_sensors.sum(1) >= expected_sensors).all(), "expected whole sensors among the masked tokens"
+    assert (whole_sensors.sum(1) >= expected_sensors).all(), (
+        "expected whole sensors among the masked tokens"
+    )
     assert (whole_patches.sum(1) >= 3).all(), "expected a time block among the masked tokens"
 
 
@@ -98,7 +102,9 @@ def test_padding_and_bad_sensors_change_nothing_else(mode):
     config = tiny_config(attention_mode=mode)
     model = MEGForMaskedSignalModeling(config).eval()
     batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
-    mask = compute_signal_mask(batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(0))
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(0)
+    )
     reference = model(**batch, mask=mask)
 
     # Pad with five sensors of garbage values and a sixth bad sensor inside the array.
@@ -106,7 +112,9 @@ def test_padding_and_bad_sensors_change_nothing_else(mode):
         "input_values": torch.cat([batch["input_values"], 50 * torch.randn(2, 5, 40)], dim=1),
         "sensor_positions": torch.cat([batch["sensor_positions"], torch.randn(2, 5, 6)], dim=1),
         "sensor_types": torch.cat([batch["sensor_types"], torch.full((2, 5), 2)], dim=1),
-        "sensor_mask": torch.cat([batch["sensor_mask"], torch.zeros(2, 5, dtype=torch.bool)], dim=1),
+        "sensor_mask": torch.cat(
+            [batch["sensor_mask"], torch.zeros(2, 5, dtype=torch.bool)], dim=1
+        ),
     }
     padded_mask = torch.cat([mask, torch.rand(2, 5, 4) > 0.5], dim=1)
     padded_out = model(**padded, mask=padded_mask)
@@ -173,24 +181,34 @@ def test_forward_is_deterministic_in_eval_mode():
     assert torch.equal(first.reconstruction, second.reconstruction)
 
 
-@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification", "regression"])
+LOSSES = {
+    "single_label_classification": (
+        3,
+        torch.tensor([0, 2, 1, 0]),
+        lambda z, y: F.cross_entropy(z, y),
+    ),
+    "multi_label_classification": (
+        3,
+        torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]]),
+        lambda z, y: F.binary_cross_entropy_with_logits(z, y),
+    ),
+    "regression": (
+        1,
+        torch.tensor([0.5, -1.0, 2.0, 0.0]),
+        lambda z, y: F.mse_loss(z.squeeze(-1), y),
+    ),
+}
+
+
+@pytest.mark.parametrize("problem_type", sorted(LOSSES))
 def test_sequence_classification_losses(problem_type):
-    num_labels = 1 if problem_type == "regression" else 3
-    model = MEGForSequenceClassification(tiny_config(num_labels=num_labels, problem_type=problem_type))
-    batch = meg_batch(batch_size=4)
-    if problem_type == "single_label_classification":
-        labels = torch.tensor([0, 2, 1, 0])
-        expected_fn = lambda logits: torch.nn.functional.cross_entropy(logits, labels)  # noqa: E731
-    elif problem_type == "multi_label_classification":
-        labels = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
-        expected_fn = lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)  # noqa: E731
-    else:
-        labels = torch.tensor([0.5, -1.0, 2.0, 0.0])
-        expected_fn = lambda logits: torch.nn.functional.mse_loss(logits.squeeze(-1), labels)  # noqa: E731
-    model.eval()
-    out = model(**batch, labels=labels)
+    num_labels, labels, expected_loss = LOSSES[problem_type]
+    model = MEGForSequenceClassification(
+        tiny_config(num_labels=num_labels, problem_type=problem_type)
+    ).eval()
+    out = model(**meg_batch(batch_size=4), labels=labels)
     assert out.logits.shape == (4, num_labels)
-    torch.testing.assert_close(out.loss, expected_fn(out.logits))
+    torch.testing.assert_close(out.loss, expected_loss(out.logits, labels))
 
 
 def test_problem_type_is_inferred_like_transformers():
@@ -201,7 +219,9 @@ def test_problem_type_is_inferred_like_transformers():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
-    mask = compute_signal_mask(batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0))
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0)
+    )
     gradients = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
@@ -229,7 +249,9 @@ def test_torch_compile_full_graph(mode):
     torch._dynamo.reset()
     model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode)).eval()
     batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
-    mask = compute_signal_mask(batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0))
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0)
+    )
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     expected = model(**batch, mask=mask)
     got = compiled(**batch, mask=mask)
@@ -253,7 +275,9 @@ def _batch():
 def test_wrong_rank_is_rejected(small_model):
     batch = _batch()
     batch["input_values"] = batch["input_values"][0]
-    with pytest.raises(ValueError, match=r"input_values must have shape \(batch, sensors, samples\); got 2"):
+    with pytest.raises(
+        ValueError, match=r"input_values must have shape \(batch, sensors, samples\); got 2"
+    ):
         small_model(**batch)
 
 
@@ -261,14 +285,19 @@ def test_wrong_rank_is_rejected(small_model):
 def test_mismatched_sensor_counts_are_rejected(small_model, name):
     batch = _batch()
     batch[name] = batch[name][:, :5]
-    with pytest.raises(ValueError, match=rf"{name} has shape \(2, 5.*expected {name} of shape \(2, 6"):
+    with pytest.raises(
+        ValueError, match=rf"{name} has shape \(2, 5.*expected {name} of shape \(2, 6"
+    ):
         small_model(**batch)
 
 
 def test_length_not_a_multiple_of_the_patch_is_rejected(small_model):
     batch = _batch()
     batch["input_values"] = batch["input_values"][..., :17]
-    with pytest.raises(ValueError, match="17 samples per sensor, which is not a positive multiple of patch_length=10"):
+    with pytest.raises(
+        ValueError,
+        match="17 samples per sensor, which is not a positive multiple of patch_length=10",
+    ):
         small_model(**batch)
 
 
@@ -276,7 +305,9 @@ def test_length_not_a_multiple_of_the_patch_is_rejected(small_model):
 def test_non_finite_values_are_rejected(small_model, value):
     batch = _batch()
     batch["input_values"][1, 4, 7] = value
-    with pytest.raises(ValueError, match="NaN or Inf values \\(first at batch index 1, sensor 4, sample 7\\)"):
+    with pytest.raises(
+        ValueError, match="NaN or Inf values \\(first at batch index 1, sensor 4, sample 7\\)"
+    ):
         small_model(**batch)
 
 
@@ -298,7 +329,9 @@ def test_unknown_sensor_type_is_rejected(small_model, code):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="attention_mode='dense' is not allowed"):
         MEGConfig(attention_mode="dense")
-    with pytest.raises(ValueError, match="hidden_size=30 is not divisible by num_attention_heads=4"):
+    with pytest.raises(
+        ValueError, match="hidden_size=30 is not divisible by num_attention_heads=4"
+    ):
         MEGConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="mask_ratio=1.0 is outside"):
         MEGConfig(mask_ratio=1.0)

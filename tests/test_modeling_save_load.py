@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 import torch
-from model_tester import meg_batch, tiny_config
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -20,6 +19,8 @@ from transformers import (
 
 from megfm_hf import MEGForMaskedSignalModeling, MEGForSequenceClassification, MEGModel
 from megfm_hf.modeling.configuration_megfm import AUTO_MAP
+
+from model_tester import meg_batch, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,12 @@ def pretrained_folder(tmp_path_factory):
 def test_save_writes_safetensors_code_and_a_complete_auto_map(pretrained_folder):
     folder, model = pretrained_folder
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["config.json", "configuration_megfm.py", "model.safetensors", "modeling_megfm.py"]
+    assert names == [
+        "config.json",
+        "configuration_megfm.py",
+        "model.safetensors",
+        "modeling_megfm.py",
+    ]
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt")), "no pickle files"
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "megfm"
@@ -51,7 +57,9 @@ def test_round_trip_is_bit_exact(pretrained_folder):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
     mask = loaded.draw_mask(batch["sensor_mask"], 3, torch.Generator().manual_seed(0))
-    assert torch.equal(model(**batch, mask=mask).reconstruction, loaded(**batch, mask=mask).reconstruction)
+    assert torch.equal(
+        model(**batch, mask=mask).reconstruction, loaded(**batch, mask=mask).reconstruction
+    )
 
 
 def test_auto_classes_resolve_every_head(pretrained_folder):
@@ -110,11 +118,22 @@ def test_remote_code_loads_without_the_package(pretrained_folder, tmp_path):
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_SCRIPT)
     result = subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        [
+            sys.executable,
+            str(script),
+            str(folder),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "out.pt"),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": ""},
+        env={
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_MODULES_CACHE": str(tmp_path / "modules"),
+            "PATH": "",
+        },
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(tmp_path / "out.pt")
