@@ -1,0 +1,224 @@
+"""Read MEG recordings of every vendor MNE supports.
+
+One entry point, :func:`read_recording`, picks the reader from the path:
+
+========================================  ==========================================
+path                                      reader
+========================================  ==========================================
+``*.fif``, ``*.fif.gz`` (raw)             :func:`mne.io.read_raw_fif` (MEGIN/Neuromag
+                                          Vectorview, TRIUX, Neuromag-122, converted
+                                          CTF, OPM FIF)
+``*-ave.fif``, ``*_ave.fif`` (evoked)     :func:`mne.read_evokeds` (one per condition)
+``*.ds`` folder                           :func:`mne.io.read_raw_ctf`
+``*.con``, ``*.sqd``                      :func:`mne.io.read_raw_kit` (marker, digitiser
+                                          and head-shape files beside it are used)
+BTi/4D folder or ``c,rf*`` file           :func:`mne.io.read_raw_bti`
+a file inside a BIDS folder               :func:`mne_bids.read_raw_bids`
+anything else                             :func:`mne.io.read_raw`
+========================================  ==========================================
+
+Readers never load data (``preload=False``); preprocessing loads only the MEG sensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mne
+
+from .errors import RecordingNotFoundError, UnreadableRecordingError
+
+logger = logging.getLogger(__name__)
+
+Recording = mne.io.BaseRaw | mne.BaseEpochs | mne.Evoked | list[mne.Evoked]
+
+_EVOKED_NAME = re.compile(r"([-_]ave)\.fif(\.gz)?$", re.IGNORECASE)
+_BTI_PDF = re.compile(r"^c,rf", re.IGNORECASE)
+
+
+def detect_format(path: str | Path) -> str:
+    """Return the format name of ``path``.
+
+    Parameters
+    ----------
+    path : str | Path
+        File or folder.
+
+    Returns
+    -------
+    fmt : str
+        One of ``"fif"``, ``"evoked"``, ``"ctf"``, ``"kit"``, ``"bti"``, ``"bids"``, ``"other"``.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        if name.endswith(".ds"):
+            return "ctf"
+        if any(_BTI_PDF.match(p.name) for p in path.iterdir()):
+            return "bti"
+        return "other"
+    if _is_in_bids_folder(path):
+        return "bids"
+    if _EVOKED_NAME.search(name):
+        return "evoked"
+    if name.endswith((".fif", ".fif.gz")):
+        return "fif"
+    if name.endswith((".con", ".sqd")):
+        return "kit"
+    if _BTI_PDF.match(path.name):
+        return "bti"
+    return "other"
+
+
+def _is_in_bids_folder(path: Path) -> bool:
+    """True for ``sub-*/[ses-*/]meg/sub-*_meg.*`` files under a folder with dataset_description."""
+    if path.parent.name != "meg" or not path.name.startswith("sub-"):
+        return False
+    if not re.search(r"_meg\.(fif|con|sqd|ds|pdf)", path.name) and "_meg" not in path.name:
+        return False
+    return any((parent / "dataset_description.json").is_file() for parent in path.parents)
+
+
+def read_recording(
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    reader_kwargs: Mapping[str, Any] | None = None,
+) -> mne.io.BaseRaw | list[mne.Evoked]:
+    """Read a MEG recording without loading its data.
+
+    Parameters
+    ----------
+    path : str | Path
+        A file, a CTF ``.ds`` folder or a BTi folder.
+    fmt : str | None
+        Force a format (see :func:`detect_format`); detected from the path when ``None``.
+    reader_kwargs : Mapping | None
+        Extra keyword arguments for the MNE reader (for example ``stim="<", slope="+"`` for KIT).
+
+    Returns
+    -------
+    recording : mne.io.BaseRaw | list of mne.Evoked
+        A raw recording, or one evoked response per condition for evoked FIF files.
+
+    Raises
+    ------
+    RecordingNotFoundError
+        When ``path`` does not exist.
+    UnreadableRecordingError
+        When the reader fails: unknown format, truncated or corrupted file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RecordingNotFoundError(path, "file or folder does not exist")
+    fmt = fmt or detect_format(path)
+    kwargs = dict(reader_kwargs or {})
+    try:
+        if fmt == "evoked":
+            return list(mne.read_evokeds(path, verbose="error", **kwargs))
+        if fmt == "fif":
+            return _read_fif(path, kwargs)
+        if fmt == "ctf":
+            return mne.io.read_raw_ctf(path, preload=False, verbose="error", **kwargs)
+        if fmt == "kit":
+            return mne.io.read_raw_kit(
+                path, preload=False, verbose="error", **_kit_side_files(path, kwargs)
+            )
+        if fmt == "bti":
+            return _read_bti(path, kwargs)
+        if fmt == "bids":
+            return read_bids_recording(path, reader_kwargs=kwargs)
+        return mne.io.read_raw(path, preload=False, verbose="error", **kwargs)
+    except (RecordingNotFoundError, UnreadableRecordingError):
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise UnreadableRecordingError(
+            path, f"cannot be read as {fmt} MEG data ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _read_fif(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.Evoked]:
+    try:
+        return mne.io.read_raw_fif(path, preload=False, verbose="error", **kwargs)
+    except ValueError as err:
+        # a FIF file of averages has no raw data block; read it as evoked responses instead
+        if "no raw data" in str(err).lower():
+            return list(mne.read_evokeds(path, verbose="error"))
+        raise
+
+
+def _kit_side_files(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Add marker (``mrk``), digitiser (``elp``) and head shape (``hsp``) files found beside."""
+    if {"mrk", "elp", "hsp"} & set(kwargs):
+        return kwargs
+    folder = path.parent
+    mrk = [
+        p
+        for p in folder.iterdir()
+        if p != path and p.suffix.lower() in (".sqd", ".mrk") and "mrk" in p.name.lower()
+    ]
+    elp = [p for p in folder.iterdir() if p.suffix.lower() == ".elp"]
+    hsp = [p for p in folder.iterdir() if p.suffix.lower() == ".hsp"]
+    if len(mrk) == 1 and len(elp) == 1 and len(hsp) == 1:
+        logger.debug("using KIT marker, digitiser and head-shape files found beside the recording")
+        return {**kwargs, "mrk": mrk[0], "elp": elp[0], "hsp": hsp[0]}
+    return kwargs
+
+
+def _read_bti(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw:
+    folder = path if path.is_dir() else path.parent
+    pdf = path if path.is_file() else next(p for p in folder.iterdir() if _BTI_PDF.match(p.name))
+    config = folder / "config"
+    head_shape = folder / "hs_file"
+    return mne.io.read_raw_bti(
+        pdf,
+        config_fname=config if config.exists() else "config",
+        head_shape_fname=head_shape if head_shape.exists() else None,
+        preload=False,
+        verbose="error",
+        **kwargs,
+    )
+
+
+def read_bids_recording(
+    path: str | Path, *, reader_kwargs: Mapping[str, Any] | None = None
+) -> mne.io.BaseRaw:
+    """Read one MEG recording of a BIDS folder through :func:`mne_bids.read_raw_bids`.
+
+    Events in ``*_events.tsv`` become annotations; bad channels in ``*_channels.tsv`` are marked
+    in ``info["bads"]``.
+
+    Parameters
+    ----------
+    path : str | Path
+        The recording inside the BIDS folder (``sub-*/[ses-*/]meg/sub-*_meg.<ext>``).
+    reader_kwargs : Mapping | None
+        Extra keyword arguments for the underlying MNE reader (``extra_params``).
+
+    Returns
+    -------
+    raw : mne.io.BaseRaw
+    """
+    import mne_bids
+
+    path = Path(path)
+    if not path.exists():
+        raise RecordingNotFoundError(path, "file or folder does not exist")
+    root = next(p for p in path.parents if (p / "dataset_description.json").is_file())
+    try:
+        bids_path = mne_bids.get_bids_path_from_fname(path)
+        bids_path.update(root=root)
+        return mne_bids.read_raw_bids(
+            bids_path, extra_params=dict(reader_kwargs or {}) or None, verbose="error"
+        )
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise UnreadableRecordingError(
+            path, f"cannot be read as BIDS MEG data ({type(err).__name__}: {err})"
+        ) from err
+
+
+__all__ = ["Recording", "detect_format", "read_bids_recording", "read_recording"]

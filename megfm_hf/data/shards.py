@@ -1,0 +1,215 @@
+"""Arrow schema of window rows, and atomic Parquet shards (one per recording).
+
+Sensor counts differ between MEG systems (122 to 306 here), so ``input_values`` and
+``sensor_positions`` are ``Array2D`` features with a variable first dimension:
+``Array2D(shape=(None, n_samples))`` and ``Array2D(shape=(None, 6))``. One dataset can then mix
+systems; the number of samples per window is fixed for a dataset (it is part of the schema), and
+the collator pads sensors per batch. ``datasets`` stores such a column as a list of lists, still
+converted to numpy without per-element Python work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets.features.features import Array2DExtensionType
+
+STRING_COLUMNS = ("subject", "session", "state", "label", "event", "recording")
+
+
+def window_features(n_samples: int) -> datasets.Features:
+    """Return the features of a window row.
+
+    Parameters
+    ----------
+    n_samples : int
+        Samples per window.
+
+    Returns
+    -------
+    features : datasets.Features
+        ``input_values`` Array2D float32 (sensors x samples), ``sensor_positions`` Array2D float32
+        (sensors x 6), ``sensor_types`` list of int64, ``sensor_mask`` list of bool, ``sfreq``
+        float32 (Hz), ``onset_s`` float64 (seconds), and the strings ``subject``, ``session``,
+        ``state``, ``label``, ``event``, ``recording``.
+    """
+    return datasets.Features(
+        {
+            "input_values": datasets.Array2D(shape=(None, n_samples), dtype="float32"),
+            "sensor_positions": datasets.Array2D(shape=(None, 6), dtype="float32"),
+            "sensor_types": datasets.List(datasets.Value("int64")),
+            "sensor_mask": datasets.List(datasets.Value("bool")),
+            "sfreq": datasets.Value("float32"),
+            "onset_s": datasets.Value("float64"),
+            **{name: datasets.Value("string") for name in STRING_COLUMNS},
+        }
+    )
+
+
+def _array2d(values: np.ndarray, dtype: str) -> pa.ExtensionArray:
+    """(n, rows, cols) numpy -> Array2D(None, cols) extension array without per-row Python."""
+    n, rows, cols = values.shape
+    inner = pa.ListArray.from_arrays(
+        pa.array(np.arange(n * rows + 1, dtype=np.int32) * cols),
+        pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1)),
+    )
+    outer = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * rows), inner)
+    return pa.ExtensionArray.from_storage(Array2DExtensionType((None, cols), dtype), outer)
+
+
+def _repeated_list(row: np.ndarray, n: int, pa_type: pa.DataType) -> pa.ListArray:
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * len(row))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.tile(row, n), type=pa_type))
+
+
+def rows_table(
+    features: datasets.Features,
+    *,
+    input_values: np.ndarray,
+    sensor_positions: np.ndarray,
+    sensor_types: np.ndarray,
+    sensor_mask: np.ndarray,
+    sfreq: float,
+    onset_s: np.ndarray,
+    strings: Mapping[str, Any],
+) -> pa.Table:
+    """Build a table of window rows sharing one sensor array.
+
+    Parameters
+    ----------
+    features : datasets.Features
+        From :func:`window_features`.
+    input_values : np.ndarray, shape (n, n_sensors, n_samples)
+    sensor_positions : np.ndarray, shape (n_sensors, 6)
+    sensor_types, sensor_mask : np.ndarray, shape (n_sensors,)
+    sfreq : float
+    onset_s : np.ndarray, shape (n,)
+    strings : Mapping
+        Each string column: one value for all rows, or a list of ``n`` values.
+    """
+    n = len(input_values)
+    columns = {
+        "input_values": _array2d(input_values, "float32"),
+        "sensor_positions": _array2d(
+            np.broadcast_to(sensor_positions, (n, *sensor_positions.shape)), "float32"
+        ),
+        "sensor_types": _repeated_list(sensor_types.astype(np.int64), n, pa.int64()),
+        "sensor_mask": _repeated_list(sensor_mask.astype(bool), n, pa.bool_()),
+        "sfreq": pa.array(np.full(n, sfreq, dtype=np.float32)),
+        "onset_s": pa.array(np.asarray(onset_s, dtype=np.float64)),
+    }
+    for name in STRING_COLUMNS:
+        value = strings[name]
+        columns[name] = pa.array(
+            [value] * n if isinstance(value, str) else list(value), pa.string()
+        )
+    return pa.table(columns, schema=features.arrow_schema)
+
+
+class AtomicParquetWriter:
+    """Write a Parquet file under a temporary name and rename it into place on success.
+
+    A process killed while writing leaves only ``<name>.tmp-<pid>``, never a truncated
+    ``<name>``; :func:`remove_stale_temporaries` clears such leftovers.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema, *, row_group_size: int = 64) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.row_group_size = row_group_size
+        self._writer = pq.ParquetWriter(self.tmp_path, schema)
+        self.num_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self.num_rows += table.num_rows
+
+    def commit(self) -> Path:
+        self._writer.close()
+        with open(self.tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> None:
+    """Write a text file atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete ``*.tmp-*`` files left by killed writers; return how many."""
+    count = 0
+    for tmp in Path(folder).glob("*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def parquet_num_rows(path: str | Path) -> int:
+    """Rows of a Parquet file, from its footer (``-1`` when unreadable)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowInvalid):
+        return -1
+
+
+def iter_shard_rows(path: str | Path, *, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """Yield the rows of a window shard as dicts of numpy arrays and Python scalars."""
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=batch_size):
+        n = batch.num_rows
+        values = _array2d_numpy(batch.column("input_values"), n)
+        positions = _array2d_numpy(batch.column("sensor_positions"), n)
+        types = batch.column("sensor_types").to_pylist()
+        mask = batch.column("sensor_mask").to_pylist()
+        scalars = {
+            name: batch.column(name).to_pylist() for name in ("sfreq", "onset_s", *STRING_COLUMNS)
+        }
+        for i in range(n):
+            row = {"input_values": values[i], "sensor_positions": positions[i]}
+            row["sensor_types"] = types[i]
+            row["sensor_mask"] = mask[i]
+            row.update({name: column[i] for name, column in scalars.items()})
+            yield row
+
+
+def _array2d_numpy(column: pa.Array, n: int) -> np.ndarray:
+    storage = column.storage if isinstance(column, pa.ExtensionArray) else column
+    rows = storage.value_lengths().to_numpy()
+    if len(set(rows.tolist())) > 1:
+        raise ValueError("window shard mixes sensor counts within one recording")
+    flat = storage.flatten().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(n, int(rows[0]), -1)
+
+
+__all__ = [
+    "AtomicParquetWriter",
+    "atomic_write_text",
+    "iter_shard_rows",
+    "parquet_num_rows",
+    "remove_stale_temporaries",
+    "rows_table",
+    "window_features",
+]

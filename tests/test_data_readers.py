@@ -1,0 +1,155 @@
+"""Every shared recording reads, keeps its MEG sensors with sane geometry, and yields windows."""
+
+from __future__ import annotations
+
+import mne
+import numpy as np
+import pytest
+
+from megfm_hf.data import (
+    MEGProcessor,
+    UnknownSensorTypeError,
+    detect_format,
+    read_recording,
+    sensor_array,
+    sensor_type_code,
+)
+from megfm_hf.data.testing import make_raw
+from megfm_hf.modeling.configuration_megfm import SENSOR_TYPES
+
+MAG, PLANAR, AXIAL, OPM = range(4)
+
+# path, format, expected {type code: count}, coordinate frame, evoked conditions (None: raw)
+RECORDINGS = [
+    ("neuromag306/sample_audvis_trunc_raw_sss.fif", "fif", {MAG: 102, PLANAR: 204}, "head", None),
+    ("neuromag306/141027_cropped_90Hz_raw.fif", "fif", {MAG: 102, PLANAR: 204}, "meg", None),
+    ("neuromag122/neuromag122_test_file-raw.fif", "fif", {PLANAR: 122}, "meg", None),
+    ("ctf275-fif/test_ctf_comp_raw.fif", "fif", {AXIAL: 274}, "head", None),
+    ("ctf275/testdata_ctf_short_discontinuous.ds", "ctf", {AXIAL: 273}, "head", None),
+    ("ctf151-somatosensory/somMDYO-18av.ds", "ctf", {AXIAL: 151}, "head", None),
+    ("kit160/Example_RICOH160-1_10020-export_anonymyze.con", "kit", {AXIAL: 160}, "head", None),
+    ("kit125/MQKIT_125_2sec.con", "kit", {AXIAL: 125}, "head", None),
+    ("kit157/test.sqd", "kit", {AXIAL: 157}, "head", None),
+    ("neuromag306/test_elekta-ave.fif", "evoked", {MAG: 102, PLANAR: 204}, "meg", 7),
+    ("neuromag306-audvis-evoked/test-ave.fif.gz", "evoked", {MAG: 102, PLANAR: 204}, "head", 4),
+]
+
+# 0.2 s windows (2 patches at 250 Hz) fit every recording, including the 0.5 s CTF file and the
+# -0.05..0.3 s TRIUX averages; h_freq=40 Hz fits the 90 Hz empty-room file
+PROCESSOR = dict(window_seconds=0.2, tmin=-0.05, l_freq=1.0, h_freq=40.0, reject=None)
+
+
+@pytest.fixture(scope="module")
+def processor() -> MEGProcessor:
+    return MEGProcessor(**PROCESSOR)
+
+
+@pytest.mark.parametrize(("relpath", "fmt", "counts", "frame", "n_conditions"), RECORDINGS)
+def test_recording_reads_and_windows(
+    meg_data_dir, processor, relpath, fmt, counts, frame, n_conditions
+):
+    path = meg_data_dir / relpath
+    assert detect_format(path) == fmt
+    processed = processor.process(path)
+    sensors = processed.sensors
+    n_sensors = sum(counts.values())
+
+    windows = processed.windows()
+    assert windows.dtype == np.float32
+    assert windows.shape == (len(processed), n_sensors, 50)
+    assert windows.shape[-1] % processor.patch_length == 0
+    assert np.isfinite(windows).all()
+    assert dict(zip(*np.unique(sensors.types, return_counts=True), strict=True)) == counts
+    assert sensors.coordinate_frame == frame
+    # no reference sensors: names of CTF/KIT references never appear
+    raw_info = _info(path)
+    refs = set(np.array(raw_info["ch_names"])[mne.pick_types(raw_info, meg=False, ref_meg=True)])
+    assert not refs & set(sensors.ch_names)
+
+    positions = sensors.positions
+    assert positions.shape == (n_sensors, 6) and positions.dtype == np.float32
+    assert np.linalg.norm(positions[:, :3], axis=1).max() < 0.25
+    np.testing.assert_allclose(np.linalg.norm(positions[:, 3:], axis=1), 1.0, atol=1e-5)
+    # good sensors carry signal of order one in model units (pT, 100 fT/cm)
+    good = processed.sensor_mask
+    assert good.sum() >= 0.9 * n_sensors
+    assert 1e-3 < np.median(np.abs(windows[:, good])) < 1e3
+    assert (windows[:, ~good] == 0).all()
+
+    if n_conditions is None:
+        assert processed.segments is None
+        np.testing.assert_allclose(np.diff(processed.plan.onsets_s), 0.2, atol=1e-9)
+        assert set(processed.plan.events) == {""}
+    else:
+        assert len(processed) == n_conditions
+        assert all(processed.plan.events)
+        np.testing.assert_allclose(processed.plan.onsets_s, -0.05, atol=1 / 250)
+
+
+def _info(path):
+    if path.name.endswith(("-ave.fif", "-ave.fif.gz")):
+        return mne.read_evokeds(path, verbose="error")[0].info
+    return mne.io.read_raw(path, verbose="error").info
+
+
+def test_planar_gradiometer_pairs_have_different_orientations(meg_data_dir, processor):
+    sensors = processor.process(
+        meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif"
+    ).sensors
+    planar = np.flatnonzero(sensors.types == PLANAR)
+    first, second = planar[0::2], planar[1::2]
+    np.testing.assert_allclose(sensors.positions[first, :3], sensors.positions[second, :3])
+    dots = np.abs(np.sum(sensors.positions[first, 3:] * sensors.positions[second, 3:], axis=1))
+    assert dots.max() < 0.1  # orthogonal gradient directions
+    mags = np.flatnonzero(sensors.types == MAG)
+    # magnetometer normals point outwards, away from the head centre
+    outward = np.sum(sensors.positions[mags, :3] * sensors.positions[mags, 3:], axis=1)
+    assert (outward > 0).mean() > 0.9
+
+
+def test_head_coordinates_apply_dev_head_t(meg_data_dir):
+    path = meg_data_dir / "kit157/test.sqd"
+    raw = read_recording(path)  # marker, digitiser and head-shape files beside it are used
+    trans = raw.info["dev_head_t"]["trans"]
+    assert not np.allclose(trans, np.eye(4))
+    info = mne.pick_info(raw.info, mne.pick_types(raw.info, meg=True, ref_meg=False))
+    sensors = sensor_array(info)
+    device = np.array([ch["loc"][:3] for ch in info["chs"]])
+    np.testing.assert_allclose(
+        sensors.positions[:, :3], device @ trans[:3, :3].T + trans[:3, 3], atol=1e-6
+    )
+    plain = mne.io.read_raw_kit(path, verbose="error")
+    assert np.allclose(plain.info["dev_head_t"]["trans"], np.eye(4))
+
+
+def test_coil_type_mapping_covers_vendors():
+    from mne.io.constants import FIFF
+
+    cases = {
+        FIFF.FIFFV_COIL_VV_MAG_T3: "magnetometer",
+        FIFF.FIFFV_COIL_VV_PLANAR_T1: "planar_gradiometer",
+        FIFF.FIFFV_COIL_NM_122: "planar_gradiometer",
+        FIFF.FIFFV_COIL_CTF_GRAD: "axial_gradiometer",
+        FIFF.FIFFV_COIL_CTF_GRAD + (3 << 16): "axial_gradiometer",  # compensation grade 3
+        FIFF.FIFFV_COIL_KIT_GRAD: "axial_gradiometer",
+        FIFF.FIFFV_COIL_MAGNES_GRAD: "axial_gradiometer",
+        FIFF.FIFFV_COIL_MAGNES_MAG: "magnetometer",
+        FIFF.FIFFV_COIL_QUSPIN_ZFOPM_MAG2: "opm",
+        FIFF.FIFFV_COIL_FIELDLINE_OPM_MAG_GEN1: "opm",
+    }
+    for coil, name in cases.items():
+        assert SENSOR_TYPES[sensor_type_code({"ch_name": "X", "coil_type": coil})] == name
+
+
+def test_unknown_coil_type_names_the_channel():
+    raw = make_raw(n_sites=4)
+    raw.info["chs"][2]["coil_type"] = 4242
+    with pytest.raises(UnknownSensorTypeError, match=r"MEG0013.*4242"):
+        MEGProcessor(window_seconds=1.0).process(raw, path="synthetic.fif")
+
+
+def test_opm_array():
+    raw = make_raw(kind="opm", n_sites=10)
+    inputs = MEGProcessor(window_seconds=1.0, reject=None)(raw, return_tensors="np")
+    assert inputs["input_values"].shape == (4, 10, 250)
+    assert (inputs["sensor_types"] == OPM).all()
