@@ -121,6 +121,12 @@ class MEGConfig(PretrainedConfig):
             Normalise every target patch to zero mean and unit variance before the loss (as
             ViT-MAE's ``norm_pix_loss``). Then ``reconstruction`` is in these normalised units
             rather than in input units.
+        normalize_input_by_sensor_type (`bool`, *optional*, defaults to `True`):
+            Divide every window's signal, per sensor type, by the root mean square of its visible
+            samples of that type (and embed the logarithm of that level). Sensor types measure
+            different quantities (T, T/m) at different signal-to-noise ratios; without this the
+            numerically larger type drowns the other in the tokens and in the loss. The masked
+            reconstruction loss is then a normalised MSE per sensor type.
         pooling (`str`, *optional*, defaults to `"mean"`):
             How ``pooler_output`` summarises the valid tokens: ``"mean"`` or ``"max"``.
         classifier_dropout (`float`, *optional*, defaults to 0.1):
@@ -164,6 +170,7 @@ class MEGConfig(PretrainedConfig):
         decoder_num_layers: int = 2,
         decoder_num_attention_heads: int = 4,
         norm_patch_loss: bool = False,
+        normalize_input_by_sensor_type: bool = True,
         pooling: str = "mean",
         classifier_dropout: float = 0.1,
         **kwargs,
@@ -193,6 +200,7 @@ class MEGConfig(PretrainedConfig):
         self.decoder_num_layers = int(decoder_num_layers)
         self.decoder_num_attention_heads = int(decoder_num_attention_heads)
         self.norm_patch_loss = bool(norm_patch_loss)
+        self.normalize_input_by_sensor_type = bool(normalize_input_by_sensor_type)
         self.pooling = pooling
         self.classifier_dropout = float(classifier_dropout)
         # Every head, not only the class that happens to be saved, so any Auto class can load

@@ -60,6 +60,9 @@ class MEGModelOutput(ModelOutput):
             latents themselves; `[..., :S]` is the map over sensors. `None` in `full` mode.
         mask (`torch.BoolTensor` of shape `(B, S, P)`, *optional*):
             The tokens hidden from the encoder (True = hidden), when a mask was applied.
+        input_scale (`torch.FloatTensor` of shape `(B, S)`, *optional*):
+            With `config.normalize_input_by_sensor_type`: what every sensor's input was divided
+            by, the root mean square of the window's visible signal of that sensor's type.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -68,6 +71,7 @@ class MEGModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     sensor_attentions: tuple[torch.FloatTensor, ...] | None = None
     mask: torch.BoolTensor | None = None
+    input_scale: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -296,6 +300,28 @@ def sinusoidal_encoding(
     return encoding.to(dtype)
 
 
+def sensor_type_scale(
+    input_values: torch.Tensor,
+    sensor_types: torch.Tensor,
+    present: torch.Tensor | None,
+    patch_length: int,
+    num_types: int,
+) -> torch.Tensor:
+    """Root mean square of each window's visible signal per sensor type, per sensor `(B, S)`.
+
+    Only present tokens count, so the scale of a window never reveals a hidden signal. Types
+    absent from a window get a scale of 1.
+    """
+    batch_size, num_sensors, _ = input_values.shape
+    power = input_values.float().view(batch_size, num_sensors, -1, patch_length).pow(2).mean(dim=-1)
+    weights = torch.ones_like(power) if present is None else present.to(power.dtype)
+    one_hot = F.one_hot(sensor_types.long(), num_types).to(power.dtype)
+    total = torch.einsum("bsp,bsc->bc", power * weights, one_hot)
+    count = torch.einsum("bsp,bsc->bc", weights, one_hot)
+    rms = torch.where(count > 0, (total / count.clamp(min=1.0)).sqrt(), torch.ones_like(total))
+    return torch.einsum("bsc,bc->bs", one_hot, rms.clamp(min=1e-12))
+
+
 class MEGGeometryEmbedding(nn.Module):
     """Embeds a sensor's position (m) and unit orientation with Fourier features and an MLP.
 
@@ -311,9 +337,8 @@ class MEGGeometryEmbedding(nn.Module):
         self.num_frequencies = config.num_fourier_features
         self.min_wavelength = config.fourier_min_wavelength
         self.max_wavelength = config.fourier_max_wavelength
-        in_features = 6 + 6 * 2 * self.num_frequencies
         self.projection = nn.Sequential(
-            nn.Linear(in_features, config.hidden_size),
+            nn.Linear(self.num_features, config.hidden_size),
             ACT2FN[config.hidden_act],
             nn.Linear(config.hidden_size, config.hidden_size),
         )
@@ -322,8 +347,13 @@ class MEGGeometryEmbedding(nn.Module):
         steps = torch.linspace(0.0, 1.0, self.num_frequencies, device=device)
         return low * (high / low) ** steps
 
-    def forward(self, sensor_positions: torch.Tensor) -> torch.Tensor:
-        """(B, S, 6) positions and orientations -> (B, S, D)."""
+    @property
+    def num_features(self) -> int:
+        """Length of the Fourier feature vector of one sensor."""
+        return 6 + 6 * 2 * self.num_frequencies
+
+    def fourier_features(self, sensor_positions: torch.Tensor) -> torch.Tensor:
+        """(B, S, 6) positions and orientations -> (B, S, `num_features`) float32 features."""
         device = sensor_positions.device
         position_wavelengths = self._wavelengths(self.min_wavelength, self.max_wavelength, device)
         orientation_wavelengths = self._wavelengths(0.5, 8.0, device)
@@ -331,7 +361,7 @@ class MEGGeometryEmbedding(nn.Module):
             [position_wavelengths.expand(3, -1), orientation_wavelengths.expand(3, -1)]
         )
         angles = 2 * math.pi * sensor_positions.float()[..., None] / wavelengths  # (B, S, 6, F)
-        features = torch.cat(
+        return torch.cat(
             [
                 sensor_positions.float(),
                 torch.sin(angles).flatten(-2),
@@ -339,8 +369,11 @@ class MEGGeometryEmbedding(nn.Module):
             ],
             dim=-1,
         )
+
+    def forward(self, sensor_positions: torch.Tensor) -> torch.Tensor:
+        """(B, S, 6) positions and orientations -> (B, S, D)."""
         weight_dtype = self.projection[0].weight.dtype
-        return self.projection(features.to(weight_dtype))
+        return self.projection(self.fourier_features(sensor_positions).to(weight_dtype))
 
 
 class MEGEmbeddings(nn.Module):
@@ -359,6 +392,8 @@ class MEGEmbeddings(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.geometry = MEGGeometryEmbedding(config)
         self.sensor_type = nn.Embedding(config.num_sensor_types, config.hidden_size)
+        # The log of each sensor type's signal level, so normalised inputs keep their amplitude.
+        self.scale_projection = nn.Linear(1, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def time_encoding(
@@ -382,8 +417,13 @@ class MEGEmbeddings(nn.Module):
         sensor_positions: torch.Tensor,
         sensor_types: torch.Tensor,
         hidden: torch.Tensor | None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return the tokens `(B, S, P, D)`; `hidden` `(B, S, P)` marks tokens to replace by the mask."""
+        """Return the tokens `(B, S, P, D)`.
+
+        `hidden` `(B, S, P)` marks tokens to replace by the mask embedding; `scale` `(B, S)`,
+        when given, is the signal level the inputs were divided by, embedded by its logarithm.
+        """
         batch_size, num_sensors, num_samples = input_values.shape
         num_patches = num_samples // self.patch_length
         weight_dtype = self.patch_projection.weight.dtype
@@ -394,6 +434,9 @@ class MEGEmbeddings(nn.Module):
         if hidden is not None:
             signal = torch.where(hidden[..., None], self.mask_embedding.to(signal.dtype), signal)
         position = self.position_embeddings(sensor_positions, sensor_types, num_patches)
+        if scale is not None:
+            level = self.scale_projection(scale.log().to(weight_dtype)[..., None])
+            position = position + level[:, :, None, :]
         return self.dropout(signal + position)
 
 
@@ -414,12 +457,15 @@ def eager_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention in plain torch ops that also returns the probabilities.
 
-    `attention_mask` is boolean (True = may attend), broadcastable to `(N, H, Lq, Lk)`.
+    `attention_mask` is boolean (True = may attend) or an additive float bias, broadcastable to
+    `(N, H, Lq, Lk)`.
     Returns the output `(N, Lq, H, Dh)` and the probabilities `(N, H, Lq, Lk)`.
     """
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
@@ -484,6 +530,8 @@ class MEGAttention(nn.Module):
             self.v_proj(context).view(n, key_length, self.num_heads, self.head_dim).transpose(1, 2)
         )
 
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            attention_mask = attention_mask.to(query.dtype)
         attention_interface: Callable = eager_attention_forward
         implementation = self.config._attn_implementation or "sdpa"
         if not output_attentions and implementation != "eager":
@@ -713,13 +761,24 @@ class MEGLatentEncoder(nn.Module):
     2. A transformer of `num_hidden_layers` blocks runs over all `P * L` latents of the window.
     3. Every (sensor, patch) token cross-attends to the latents of its patch, which gives each
        sensor its output (and gives hidden tokens a prediction of their content).
+
+    Both cross-attentions add a spatial prior to their logits: a linear function, per head and
+    latent, of the Fourier features of each sensor's geometry (the "spatial attention" of
+    Defossez et al., 2023, for MEG). It is linear in its parameters, so from the first steps
+    each latent can pool a region of the helmet and each sensor can read from the latents of
+    its region, which content-only attention (a product of two small projections) learns
+    hundreds of steps later. The content term keeps the maps stimulus dependent.
     """
 
-    def __init__(self, config: MEGConfig):
+    def __init__(self, config: MEGConfig, num_geometry_features: int):
         super().__init__()
         hidden_size, num_heads = config.hidden_size, config.num_attention_heads
         self.num_latents = config.num_latents
+        self.num_heads = num_heads
         self.latents = nn.Parameter(torch.zeros(config.num_latents, hidden_size))
+        shape = (num_heads, config.num_latents, num_geometry_features)
+        self.pooling_prior = nn.Parameter(torch.zeros(shape))
+        self.readout_prior = nn.Parameter(torch.zeros(shape))
         self.sensor_cross_attention = MEGLayer(config, hidden_size, num_heads, cross_attention=True)
         self.layers = nn.ModuleList(
             [MEGLayer(config, hidden_size, num_heads) for _ in range(config.num_hidden_layers)]
@@ -728,15 +787,44 @@ class MEGLatentEncoder(nn.Module):
         self.readout = MEGLayer(config, hidden_size, num_heads, cross_attention=True)
         self.norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
 
+    def _priors(
+        self, geometry: torch.Tensor, present: torch.Tensor | None, num_patches: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive logits of the two cross-attentions, one row per (window, patch).
+
+        Returns the pooling bias `(B*P, H, L, S + L)` (absent sensors at the dtype's minimum,
+        the latents' own keys at zero) and the read-out bias `(B*P, H, S, L)`.
+        """
+        batch_size, num_sensors, _ = geometry.shape
+        pooling = torch.einsum("bsf,hlf->bhls", geometry, self.pooling_prior.float())
+        readout = torch.einsum("bsf,hlf->bhsl", geometry, self.readout_prior.float())
+        pooling = pooling[:, None].expand(-1, num_patches, -1, -1, -1)
+        pooling = pooling.reshape(
+            batch_size * num_patches, self.num_heads, self.num_latents, num_sensors
+        )
+        if present is not None:
+            sensor_present = present.transpose(1, 2).reshape(
+                batch_size * num_patches, 1, 1, num_sensors
+            )
+            pooling = pooling.masked_fill(~sensor_present, torch.finfo(pooling.dtype).min)
+        pooling = F.pad(pooling, (0, self.num_latents))
+        readout = readout[:, None].expand(-1, num_patches, -1, -1, -1)
+        readout = readout.reshape(
+            batch_size * num_patches, self.num_heads, num_sensors, self.num_latents
+        )
+        return pooling, readout
+
     def forward(
         self,
         grid: torch.Tensor,
         present: torch.Tensor | None,
         time: torch.Tensor,
+        geometry: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ) -> EncoderResult:
-        """`grid` (B, S, P, D) tokens, `present` (B, S, P), `time` (P, D) patch encoding."""
+        """`grid` (B, S, P, D) tokens, `present` (B, S, P), `time` (P, D) patch encoding,
+        `geometry` (B, S, F) Fourier features of the sensors."""
         batch_size, num_sensors, num_patches, hidden_size = grid.shape
         num_latents = self.num_latents
         sensors = grid.transpose(1, 2).reshape(batch_size * num_patches, num_sensors, hidden_size)
@@ -744,15 +832,11 @@ class MEGLatentEncoder(nn.Module):
         queries = queries.expand(batch_size, -1, -1, -1).reshape(
             batch_size * num_patches, num_latents, hidden_size
         )
+        pooling_bias, readout_bias = self._priors(geometry, present, num_patches)
 
         context = torch.cat([sensors, queries], dim=1)
-        mask = None
-        if present is not None:
-            sensor_present = present.transpose(1, 2).reshape(batch_size * num_patches, num_sensors)
-            latent_present = sensor_present.new_ones(batch_size * num_patches, num_latents)
-            mask = torch.cat([sensor_present, latent_present], dim=1)[:, None, None, :]
         latents, cross_weights = self.sensor_cross_attention(
-            queries, context, mask, output_attentions
+            queries, context, pooling_bias, output_attentions
         )
 
         latents = latents.view(batch_size, num_patches * num_latents, hidden_size)
@@ -770,7 +854,7 @@ class MEGLatentEncoder(nn.Module):
                 attentions += (weights,)
         latents = self.latent_norm(latents).view(batch_size * num_patches, num_latents, hidden_size)
 
-        tokens, _ = self.readout(sensors, latents, None, False)
+        tokens, _ = self.readout(sensors, latents, readout_bias, False)
         tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
         sensor_attentions = None
         if output_attentions:
@@ -804,17 +888,17 @@ class MEGPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, MEGEmbeddings):
-            # Signal and geometry must reach the encoder at the scale of the (fixed, order-one)
-            # time encoding; at the default 0.02 they start as a faint perturbation of position
-            # and masked-signal training stalls. ViT-MAE initialises its patch embedding likewise.
-            init.xavier_uniform_(module.patch_projection.weight)
-            for layer in module.geometry.projection:
-                if isinstance(layer, nn.Linear):
-                    init.xavier_uniform_(layer.weight)
+        if isinstance(module, nn.Linear):
+            # Xavier-uniform linear layers, as MAE: at the widths that fit a CPU the default
+            # N(0, 0.02) leaves attention uniform and signal faint beside the order-one time
+            # encoding, and masked-signal training stalls for hundreds of steps.
+            init.xavier_uniform_(module.weight)
+        elif isinstance(module, MEGEmbeddings):
             init.trunc_normal_(module.mask_embedding, std=std)
         elif isinstance(module, MEGLatentEncoder):
             init.trunc_normal_(module.latents, std=std)
+            init.trunc_normal_(module.pooling_prior, std=std)
+            init.trunc_normal_(module.readout_prior, std=std)
         elif isinstance(module, MEGDecoder) and module.mask_token is not None:
             init.trunc_normal_(module.mask_token, std=std)
 
@@ -845,7 +929,7 @@ class MEGModel(MEGPreTrainedModel):
         super().__init__(config)
         self.embeddings = MEGEmbeddings(config)
         if config.attention_mode == "latent":
-            self.encoder = MEGLatentEncoder(config)
+            self.encoder = MEGLatentEncoder(config, self.embeddings.geometry.num_features)
         elif config.attention_mode == "factorized":
             self.encoder = MEGFactorizedEncoder(
                 config, config.hidden_size, config.num_attention_heads, config.num_hidden_layers
@@ -949,10 +1033,23 @@ class MEGModel(MEGPreTrainedModel):
             hidden = mask if hidden is None else hidden | mask
         present = None if hidden is None else ~hidden
 
-        grid = self.embeddings(input_values, sensor_positions, sensor_types, hidden)
+        scale = None
+        if self.config.normalize_input_by_sensor_type:
+            scale = sensor_type_scale(
+                input_values,
+                sensor_types,
+                present,
+                self.config.patch_length,
+                self.config.num_sensor_types,
+            )
+            input_values = input_values / scale[:, :, None].to(input_values.dtype)
+        grid = self.embeddings(input_values, sensor_positions, sensor_types, hidden, scale)
         if self.config.attention_mode == "latent":
             time = self.embeddings.time_encoding(grid.shape[2], grid.device, grid.dtype)
-            result = self.encoder(grid, present, time, output_attentions, output_hidden_states)
+            geometry = self.embeddings.geometry.fourier_features(sensor_positions)
+            result = self.encoder(
+                grid, present, time, geometry, output_attentions, output_hidden_states
+            )
         else:
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
         return MEGModelOutput(
@@ -962,6 +1059,7 @@ class MEGModel(MEGPreTrainedModel):
             attentions=result.attentions,
             sensor_attentions=result.sensor_attentions,
             mask=mask,
+            input_scale=scale,
         )
 
 
@@ -1118,9 +1216,12 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
         )
         predicted = self.decoder(outputs.last_hidden_state, position, hidden, sensor_mask).float()
 
+        scale = outputs.input_scale
+        scale = torch.ones_like(valid, dtype=torch.float32) if scale is None else scale.float()
         loss = None
         if return_loss:
-            target = input_values.float().view(batch_size, num_sensors, num_patches, patch_length)
+            target = input_values.float() / scale[:, :, None]
+            target = target.view(batch_size, num_sensors, num_patches, patch_length)
             if self.config.norm_patch_loss:
                 mean = target.mean(dim=-1, keepdim=True)
                 variance = target.var(dim=-1, keepdim=True)
@@ -1131,13 +1232,21 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
 
         output = MEGMaskedSignalModelingOutput(
             loss=loss,
-            reconstruction=predicted.view(batch_size, num_sensors, num_samples),
+            reconstruction=self._to_input_units(predicted, scale).view(
+                batch_size, num_sensors, num_samples
+            ),
             mask=mask,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             sensor_attentions=outputs.sensor_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _to_input_units(self, predicted: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Undo the per-type input normalisation (not the per-patch one of `norm_patch_loss`)."""
+        if self.config.norm_patch_loss:
+            return predicted
+        return predicted * scale[:, :, None, None]
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from megfm_hf import (
     MEGModel,
     compute_signal_mask,
 )
+from megfm_hf.modeling.modeling_megfm import sensor_type_scale
 
 from model_tester import meg_batch, tiny_config
 
@@ -62,18 +63,42 @@ def test_masked_signal_modeling_outputs(mode):
     assert not missing_grad, f"parameters without gradient: {missing_grad}"
 
 
-def test_loss_covers_only_masked_tokens_of_valid_sensors():
-    config = tiny_config()
+@pytest.mark.parametrize("normalize", [False, True])
+def test_loss_covers_only_masked_tokens_of_valid_sensors(normalize):
+    config = tiny_config(normalize_input_by_sensor_type=normalize)
     model = MEGForMaskedSignalModeling(config).eval()
     batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
     mask = torch.zeros(2, 12, 4, dtype=torch.bool)
     mask[:, 3, :] = True  # one whole sensor
     mask[:, :, 2] = True  # one time patch
     out = model(**batch, mask=mask)
-    target = batch["input_values"].view(2, 12, 4, 10)
-    predicted = out.reconstruction.view(2, 12, 4, 10)
+    scale = torch.ones(2, 12)
+    if normalize:
+        # per window and sensor type, the RMS of the visible tokens only
+        scale = sensor_type_scale(batch["input_values"], batch["sensor_types"], ~mask, 10, 4)
+        visible = batch["input_values"].view(2, 12, 4, 10)[0][~mask[0]]
+        magnetometers = (batch["sensor_types"][0] == 0)[:, None].expand(-1, 4)[~mask[0]]
+        assert scale[0, 0] == pytest.approx(
+            visible[magnetometers].pow(2).mean().sqrt().item(), rel=1e-5
+        )
+    target = (batch["input_values"] / scale[:, :, None]).view(2, 12, 4, 10)
+    predicted = (out.reconstruction / scale[:, :, None]).view(2, 12, 4, 10)
     expected = (predicted - target).pow(2).mean(-1)[mask].mean()
     torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hidden_signal_never_reaches_the_reconstruction(mode):
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode)).eval()
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(2)
+    )
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_values"].view(2, 12, 4, 10)[mask] *= 7.0
+    torch.testing.assert_close(
+        model(**changed, mask=mask).reconstruction, model(**batch, mask=mask).reconstruction
+    )
 
 
 def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
