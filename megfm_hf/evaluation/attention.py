@@ -1,0 +1,278 @@
+"""Attention maps over the sensor array, their expected regions, and the alignment test.
+
+Method
+------
+*Map*: for each window, the attention each sensor receives (:func:`.features.sensor_attention`:
+in ``latent`` mode the sensor cross-attention weights averaged over heads and latent queries; in
+``factorized`` mode the spatial attention averaged over blocks, heads and query sensors), averaged
+over the post-stimulus time patches of the window (patches starting at or after the event; all
+patches of rest windows), normalised to sum 1 over valid sensors; then averaged over the windows
+of a condition and normalised again.
+
+*Alignment*: the attention mass on the expected region (for the simulated cohort, the sensors of
+each type where the ground-truth evoked field is strongest: ``top_sensors`` of
+``derivatives/ground_truth.json``). *Null*: the same score after permuting the map over sensors
+(within each sensor type, so type-wide offsets do not count), many times; reported as null mean,
+95% interval and the one-sided p-value ``(1 + #{null >= observed}) / (1 + n_permutations)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import mne
+import numpy as np
+
+from ..data.sensors import pick_meg_sensors, sensor_array
+
+logger = logging.getLogger(__name__)
+
+#: how far a dataset sensor may be from a named channel to be matched to it, m
+MATCH_TOLERANCE = 1e-3
+
+
+def post_stimulus_patches(num_patches: int, patch_duration: float, tmin: float) -> np.ndarray:
+    """Patches of an event-locked window that start at or after the event.
+
+    Parameters
+    ----------
+    num_patches : int
+    patch_duration : float
+        Seconds per patch.
+    tmin : float
+        Start of the window relative to the event, s.
+
+    Returns
+    -------
+    selected : np.ndarray of bool, shape (P,)
+        All True when no patch starts after the event (so the map is never empty).
+    """
+    starts = tmin + patch_duration * np.arange(num_patches)
+    selected = starts >= -1e-9
+    return selected if selected.any() else np.ones(num_patches, dtype=bool)
+
+
+def condition_map(attention: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """Average per-window, per-patch maps (N, P, S) over the chosen patches and windows.
+
+    Returns
+    -------
+    map : np.ndarray, shape (S,)
+        Sums to 1.
+    """
+    per_window = attention[:, patches, :].mean(axis=1)
+    per_window = per_window / np.clip(per_window.sum(axis=1, keepdims=True), 1e-12, None)
+    averaged = per_window.mean(axis=0)
+    return averaged / max(float(averaged.sum()), 1e-12)
+
+
+def alignment_score(attention_map: np.ndarray, region: np.ndarray) -> float:
+    """Attention mass on the region (indices or boolean mask) of a map summing to 1."""
+    return float(np.asarray(attention_map)[np.asarray(region)].sum())
+
+
+def shuffled_null(
+    attention_map: np.ndarray,
+    region: np.ndarray,
+    types: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    n_permutations: int = 2000,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
+    """Alignment of the map against the scores of sensor-shuffled maps.
+
+    Parameters
+    ----------
+    attention_map : np.ndarray, shape (S,)
+    region : np.ndarray of int or bool
+        Expected sensors.
+    types : np.ndarray of int, shape (S,)
+        The map is permuted within each sensor type.
+    valid : np.ndarray of bool, shape (S,), optional
+        Only valid sensors are permuted (others hold no attention).
+    n_permutations : int
+    seed : int
+
+    Returns
+    -------
+    result : dict
+        ``alignment``, ``null_mean``, ``null_ci95`` ([2.5, 97.5] percentiles), ``p_value``
+        (one-sided) and ``n_permutations``.
+    """
+    attention_map = np.asarray(attention_map, dtype=np.float64)
+    in_region = np.zeros(attention_map.shape, dtype=bool)
+    in_region[np.asarray(region)] = True
+    valid = np.ones(attention_map.shape, dtype=bool) if valid is None else np.asarray(valid)
+    observed = float(attention_map[in_region].sum())
+    rng = np.random.default_rng(seed)
+    null = np.zeros(n_permutations)
+    for code in np.unique(types[valid]):
+        members = np.flatnonzero(valid & (types == code))
+        values = attention_map[members]
+        weights = in_region[members].astype(np.float64)
+        # Permuting the map is the same as permuting which sensors are in the region.
+        order = rng.permuted(np.tile(np.arange(members.size), (n_permutations, 1)), axis=1)
+        null += values[order] @ weights
+    return {
+        "alignment": observed,
+        "null_mean": float(null.mean()),
+        "null_ci95": [float(np.percentile(null, 2.5)), float(np.percentile(null, 97.5))],
+        "p_value": float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_permutations)),
+        "n_permutations": int(n_permutations),
+    }
+
+
+# --------------------------------------------------------------------------- sensor names
+
+
+def channel_names_from_recording(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """MEG channel names and geometry of a recording, in the dataset's sensor order.
+
+    Parameters
+    ----------
+    path : str | Path
+        Any MEG file MNE reads (for the simulated cohort, one of its FIF files).
+
+    Returns
+    -------
+    names : list of str
+    positions : np.ndarray, shape (S, 6)
+        As the dataset stores them (head coordinates when the file has a device-to-head
+        transform).
+    """
+    info = mne.io.read_info(path, verbose="error")
+    picks = pick_meg_sensors(info, path)
+    sensors = sensor_array(mne.pick_info(info, picks, verbose="error"), path)
+    return list(sensors.ch_names), sensors.positions
+
+
+def find_recording(bids_root: str | Path) -> Path:
+    """The first ``*_meg.fif`` file under a BIDS root (all runs of a cohort share sensors)."""
+    root = Path(bids_root)
+    for path in sorted(root.glob("sub-*/**/*_meg.fif")):
+        return path
+    raise FileNotFoundError(
+        f"no *_meg.fif recording under {str(root)!r} to read channel names from; pass a "
+        "recording with the sensor array or give the region as sensor indices"
+    )
+
+
+def match_channel_names(
+    positions: np.ndarray, names: Sequence[str], named_positions: np.ndarray
+) -> list[str | None]:
+    """Name each dataset sensor by the channel at the same position and orientation.
+
+    Dataset rows carry geometry but not channel names; two planar gradiometers share a
+    position and differ in orientation, so both are compared.
+
+    Parameters
+    ----------
+    positions : np.ndarray, shape (S, 6)
+        Dataset sensors.
+    names : sequence of str
+        Channel names of the recording.
+    named_positions : np.ndarray, shape (C, 6)
+        Their geometry (:func:`channel_names_from_recording`).
+
+    Returns
+    -------
+    matched : list of str or None
+        None for a sensor with no channel within :data:`MATCH_TOLERANCE`.
+    """
+    distance = np.linalg.norm(positions[:, None, :3] - named_positions[None, :, :3], axis=-1)
+    alignment = positions[:, 3:6] @ named_positions[:, 3:6].T
+    best = (distance + MATCH_TOLERANCE * (1.0 - alignment)).argmin(axis=1)
+    rows = np.arange(len(best))
+    ok = (distance[rows, best] < MATCH_TOLERANCE) & (alignment[rows, best] > 0.99)
+    return [str(names[j]) if good else None for j, good in zip(best, ok, strict=True)]
+
+
+def regions_from_ground_truth(
+    ground_truth: str | Path | Mapping, sensor_names: Sequence[str | None]
+) -> dict[str, np.ndarray]:
+    """Expected sensors per condition: the ground truth's ``top_sensors`` of every type.
+
+    Parameters
+    ----------
+    ground_truth : str | Path | Mapping
+        ``derivatives/ground_truth.json`` of a simulated cohort, or its content.
+    sensor_names : sequence of str or None
+        Name of every dataset sensor (:func:`match_channel_names`).
+
+    Returns
+    -------
+    regions : dict
+        ``{condition: sensor indices}`` for every condition with named sensors in the dataset.
+    """
+    if not isinstance(ground_truth, Mapping):
+        path = Path(ground_truth)
+        if not path.is_file():
+            raise FileNotFoundError(f"ground truth file {str(path)!r} does not exist")
+        ground_truth = json.loads(path.read_text())
+    conditions = ground_truth.get("conditions")
+    if not isinstance(conditions, Mapping):
+        raise ValueError("ground truth has no 'conditions' section with 'top_sensors'")
+    index = {name: i for i, name in enumerate(sensor_names) if name is not None}
+    regions = {}
+    for condition, truth in conditions.items():
+        names = [n for per_type in truth.get("top_sensors", {}).values() for n in per_type]
+        found = np.array(sorted(index[n] for n in names if n in index), dtype=np.int64)
+        if names and found.size < len(names):
+            logger.warning(
+                "%s: %d of %d ground-truth sensors are not in the dataset",
+                condition,
+                len(names) - found.size,
+                len(names),
+            )
+        if found.size:
+            regions[condition] = found
+    return regions
+
+
+def parse_region(
+    region: str | Sequence[str | int], sensor_names: Sequence[str | None] | None, num_sensors: int
+) -> np.ndarray:
+    """Sensor indices from a list of indices or channel names (``"0,5,9"`` or ``"MEG 0111,..."``).
+
+    Raises
+    ------
+    ValueError
+        For an index out of range or a name that cannot be resolved.
+    """
+    items = [s.strip() for s in region.split(",")] if isinstance(region, str) else list(region)
+    indices = []
+    for item in items:
+        if item == "":
+            continue
+        if isinstance(item, int) or str(item).isdigit():
+            value = int(item)
+            if not 0 <= value < num_sensors:
+                raise ValueError(f"region sensor index {value} is outside [0, {num_sensors})")
+            indices.append(value)
+            continue
+        if sensor_names is None or item not in sensor_names:
+            raise ValueError(
+                f"region sensor {item!r} cannot be resolved: give sensor indices, or a recording "
+                "(--ground-truth of a BIDS cohort) to read channel names from"
+            )
+        indices.append(list(sensor_names).index(item))
+    if not indices:
+        raise ValueError(f"region {region!r} names no sensor")
+    return np.array(sorted(set(indices)), dtype=np.int64)
+
+
+__all__ = [
+    "alignment_score",
+    "channel_names_from_recording",
+    "condition_map",
+    "find_recording",
+    "match_channel_names",
+    "parse_region",
+    "post_stimulus_patches",
+    "regions_from_ground_truth",
+    "shuffled_null",
+]

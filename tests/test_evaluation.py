@@ -1,0 +1,337 @@
+"""Tests of ``megfm evaluate``: metric functions, bad inputs, and the three claims end to end.
+
+The end-to-end fixture simulates a small cohort on a 120-sensor helmet, builds its dataset,
+pretrains a small model for a short while on six subjects, and evaluates it on the other two.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import mne
+import numpy as np
+import pytest
+import torch
+
+from megfm_hf.data import MEGProcessor, build_dataset
+from megfm_hf.evaluation import (
+    bootstrap_ci,
+    evaluate_model,
+    interpolation_weights,
+    nmse,
+    paired_permutation_test,
+    pearson_r,
+    sensor_folds,
+    shuffled_null,
+    subject_folds,
+)
+from megfm_hf.evaluation.classification import auroc
+from megfm_hf.evaluation.cli import configure_parser, run
+from megfm_hf.modeling.configuration_megfm import MEGConfig
+from megfm_hf.modeling.modeling_megfm import MEGForMaskedSignalModeling
+from megfm_hf.simulation import EVENT_ID, simulate_cohort
+from megfm_hf.simulation.geometry import make_builtin_helmet
+from megfm_hf.training.collator import MEGDataCollator
+
+SUBJECTS = 8
+TEST_SUBJECTS = ["07", "08"]
+PRETRAIN_STEPS = 300
+MODEL_CONFIG = {
+    "sampling_rate": 100.0,
+    "patch_length": 10,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_latents": 8,
+    "decoder_hidden_size": 64,
+    "decoder_num_attention_heads": 4,
+    "mask_ratio": 0.5,
+    "mask_sensor_fraction": 0.6,
+    "mask_time_fraction": 0.1,
+}
+
+
+# --------------------------------------------------------------------------- metric functions
+
+
+def test_nmse_and_pearson_on_known_inputs():
+    target = np.array([1.0, -1.0, 2.0, -2.0])
+    assert nmse(target, target) == 0.0
+    assert nmse(target, np.zeros(4)) == 1.0
+    assert nmse(target, 0.5 * target) == pytest.approx(0.25)
+    assert pearson_r(target, 3.0 * target + 1.0) == pytest.approx(1.0)
+    assert pearson_r(target, -target) == pytest.approx(-1.0)
+    assert np.isnan(nmse(np.zeros(3), np.ones(3)))
+
+
+def test_bootstrap_interval_covers_the_true_auroc():
+    # Scores from two Gaussians 1 sd apart: the population AUROC is Phi(1 / sqrt(2)) = 0.760.
+    true_auc = 0.7602
+    covered = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        labels = np.repeat([0, 1], 30)
+        scores = rng.normal(size=60) + labels
+        estimate, low, high = bootstrap_ci(labels, scores, auroc, n_boot=300, seed=seed)
+        assert low <= estimate <= high
+        covered += low <= true_auc <= high
+    assert covered >= 33  # nominal 95%: 38 of 40; percentile intervals run a little narrow
+
+
+def test_permutation_test_identical_vs_different_predictions():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 20)
+    good = labels + 0.3 * rng.normal(size=40)
+    same = paired_permutation_test(labels, good, good.copy(), n_permutations=500)
+    assert same["difference_roc_auc"] == 0.0 and same["p_value"] == 1.0
+    noise = rng.normal(size=40)
+    different = paired_permutation_test(labels, good, noise, n_permutations=500)
+    assert different["difference_roc_auc"] > 0.3 and different["p_value"] < 0.01
+
+
+def test_subject_folds_never_split_a_subject():
+    subjects = np.repeat([f"s{i}" for i in range(10)], 7)
+    labels = np.repeat([0, 1] * 5, 7)
+    folds = subject_folds(subjects, labels, n_folds=4, seed=3)
+    assert len(folds) == 4
+    tested = np.concatenate([test for _, test in folds])
+    assert sorted(tested) == list(range(70))
+    for train, test in folds:
+        assert not set(subjects[train]) & set(subjects[test])
+        assert set(labels[train]) == {0, 1}
+    with pytest.raises(ValueError, match="2 subjects per class"):
+        subject_folds(subjects[:14], np.array([0] * 7 + [1] * 7), 4)
+
+
+def test_sensor_folds_and_interpolation_weights():
+    types = np.array([0, 1, 1] * 4)
+    folds = sensor_folds(types, None, 3, seed=0)
+    assert set(folds) == {0, 1, 2}
+    for code in (0, 1):  # balanced within type
+        counts = np.bincount(folds[types == code], minlength=3)
+        assert counts.max() - counts.min() <= 1
+    positions = np.zeros((12, 6))
+    positions[:, 0] = np.repeat(np.arange(4) * 0.03, 3)
+    positions[:, 5] = 1.0
+    hidden = folds == 0
+    weights = interpolation_weights(positions, types, hidden, ~hidden)
+    rows = weights[hidden]
+    assert np.allclose(rows.sum(axis=1), 1.0)
+    assert np.all(weights[:, hidden] == 0.0)  # hidden sensors never predict
+    assert np.all(weights[np.ix_(types == 0, types == 1)] == 0.0)  # only the same type
+
+
+def test_shuffled_null_on_a_peaked_and_a_flat_map():
+    types = np.zeros(50, dtype=int)
+    region = np.arange(5)
+    peaked = np.full(50, 0.5 / 45)
+    peaked[region] = 0.1
+    result = shuffled_null(peaked, region, types, n_permutations=500, seed=0)
+    assert result["alignment"] == pytest.approx(0.5)
+    assert result["null_mean"] == pytest.approx(0.1, abs=0.02)
+    assert result["p_value"] < 0.01
+    flat = shuffled_null(np.full(50, 0.02), region, types, n_permutations=500, seed=0)
+    assert flat["p_value"] == 1.0
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, Path]:
+    """A simulated 8-subject cohort on a 120-sensor helmet and its dataset (100 Hz, 1 s)."""
+    root = tmp_path_factory.mktemp("evaluation")
+    info = make_builtin_helmet(sfreq=150.0, n_positions=40)
+    helmet = root / "helmet_raw.fif"
+    mne.io.RawArray(np.zeros((len(info["ch_names"]), 300)), info, verbose="error").save(
+        helmet, verbose="error"
+    )
+    bids = root / "bids"
+    result = simulate_cohort(
+        bids, n_subjects=SUBJECTS, duration=20.0, sfreq=150.0, seed=0, geometry=helmet,
+        progress=False,
+    )  # fmt: skip
+    processor = MEGProcessor(
+        sfreq=100.0, patch_length=10, window_seconds=1.0, tmin=-0.2, l_freq=1.0, h_freq=40.0,
+        event_id=dict(EVENT_ID),
+    )  # fmt: skip
+    dataset = root / "dataset"
+    build_dataset(
+        None, dataset, processor=processor, bids_root=bids, event_id=dict(EVENT_ID), secret="t"
+    )
+    return {"root": root, "bids": bids, "dataset": dataset, "truth": result.ground_truth_path}
+
+
+def _pretrain(dataset_dir: Path, output_dir: Path, steps: int) -> Path:
+    """A short masked-signal pretraining on the training subjects (plain torch loop)."""
+    import datasets
+
+    torch.manual_seed(0)
+    rows = datasets.load_from_disk(str(dataset_dir)).with_format("numpy")
+    train = [s for s in sorted(set(rows["subject"])) if s not in TEST_SUBJECTS]
+    indices = [i for i, s in enumerate(rows["subject"]) if s in train]
+    config = MEGConfig(**MODEL_CONFIG)
+    model = MEGForMaskedSignalModeling(config)
+    collate = MEGDataCollator(config, draw_mask=True, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1
+    )
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(steps):
+        batch = collate([rows[int(i)] for i in rng.choice(indices, 16, replace=False)])
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    model.save_pretrained(output_dir)
+    (output_dir / "split.json").write_text(json.dumps({"train": train, "test": TEST_SUBJECTS}))
+    shutil.copy(dataset_dir / "preprocessor_config.json", output_dir / "preprocessor_config.json")
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def pretrained(cohort) -> Path:
+    return _pretrain(cohort["dataset"], cohort["root"] / "model", PRETRAIN_STEPS)
+
+
+@pytest.fixture(scope="module")
+def evaluation(cohort, pretrained) -> tuple[dict, Path]:
+    output = cohort["root"] / "evaluation"
+    metrics = evaluate_model(
+        pretrained,
+        cohort["dataset"],
+        output,
+        ground_truth=cohort["truth"],
+        max_windows=20,
+        n_permutations=1000,
+        n_bootstrap=500,
+        progress=False,
+    )
+    return metrics, output
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_evaluation_writes_every_section_and_figures(evaluation):
+    metrics, output = evaluation
+    saved = json.loads((output / "metrics.json").read_text())
+    for section in ("reconstruction", "attention", "classification", "skipped"):
+        assert section in saved, section
+    assert saved["test_subjects"] == TEST_SUBJECTS
+    reconstruction = saved["reconstruction"]
+    assert set(reconstruction["continuous"]) == {"magnetometer", "planar_gradiometer"}
+    assert set(reconstruction["baselines"]) == {"zeros", "interpolation", "ridge"}
+    assert set(reconstruction["evoked"]) == set(EVENT_ID)
+    assert reconstruction["baselines"]["zeros"]["magnetometer"]["nmse"] == pytest.approx(1.0)
+    for condition in EVENT_ID:
+        values = saved["attention"][condition]
+        assert 0.0 <= values["null_ci95"][0] <= values["null_ci95"][1] <= 1.0
+    classification = saved["classification"]
+    assert classification["n_subjects"] == SUBJECTS
+    for source in ("features", "raw"):
+        for name in ("logistic_regression", "random_forest"):
+            estimate, low, high = classification[source][name]["roc_auc"]
+            assert low <= estimate <= high
+    report = (output / "report.md").read_text()
+    assert "## Summary" in report
+    for name in saved["figures"].values():
+        assert f"({name})" in report
+        image = mpimg.imread(output / name)
+        assert image.std() > 0.02, f"{name} looks blank"
+    assert {"attention_topomaps", "evoked_traces", "butterfly"} <= set(saved["figures"])
+
+
+@pytest.mark.slow
+def test_evoked_reconstruction_beats_interpolation(evaluation):
+    metrics, _ = evaluation
+    section = metrics["reconstruction"]
+    for condition, per_type in section["evoked"].items():
+        for sensor_type, values in per_type.items():
+            baseline = section["evoked_baselines"]["interpolation"][condition][sensor_type]
+            assert values["nmse"] < baseline["nmse"], (condition, sensor_type, values, baseline)
+
+
+@pytest.mark.slow
+def test_attention_alignment_beats_shuffled_null(evaluation):
+    metrics, _ = evaluation
+    for condition in EVENT_ID:
+        values = metrics["attention"][condition]
+        assert values["alignment"] > values["null_ci95"][1], (condition, values)
+        assert values["p_value"] < 0.05, (condition, values)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def _small_model(folder: Path, **overrides) -> Path:
+    config = MEGConfig(**{**MODEL_CONFIG, **overrides})
+    MEGForMaskedSignalModeling(config).save_pretrained(folder)
+    return folder
+
+
+def test_missing_model_files_are_named(tmp_path, cohort):
+    folder = _small_model(tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        evaluate_model(folder, cohort["dataset"], tmp_path / "out", progress=False)
+    folder = _small_model(tmp_path / "model2")
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        evaluate_model(folder, cohort["dataset"], tmp_path / "out", progress=False)
+
+
+def test_sampling_rate_and_patch_mismatch_name_both_values(tmp_path, cohort):
+    folder = _small_model(tmp_path / "rate", sampling_rate=250.0)
+    with pytest.raises(ValueError, match=r"sfreq=100 Hz.*sampling_rate=250 Hz"):
+        evaluate_model(folder, cohort["dataset"], tmp_path / "out", progress=False)
+    folder = _small_model(tmp_path / "patch", patch_length=30)
+    with pytest.raises(ValueError, match=r"100 samples.*patch_length=30"):
+        evaluate_model(folder, cohort["dataset"], tmp_path / "out", progress=False)
+
+
+def test_cli_reports_bad_input(tmp_path, cohort, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    args = parser.parse_args(
+        ["--model", str(tmp_path / "absent"), "--dataset", str(cohort["dataset"]), "--output",
+         str(tmp_path / "out")]
+    )  # fmt: skip
+    assert run(args) == 1
+    assert "absent" in capsys.readouterr().err
+
+
+def test_unlabelled_dataset_skips_classification(tmp_path, cohort):
+    import datasets
+
+    rows = datasets.load_from_disk(str(cohort["dataset"]))
+    keep = [i for i, s in enumerate(rows["subject"]) if s in ("01", "02", "07")]
+    unlabelled = rows.select(keep).map(lambda row: {"label": ""})
+    folder = tmp_path / "unlabelled"
+    unlabelled.save_to_disk(str(folder))
+    shutil.copy(cohort["dataset"] / "preprocessor_config.json", folder)
+    model = _small_model(tmp_path / "model")
+    (model / "split.json").write_text(json.dumps({"train": ["01", "02"], "test": ["07"]}))
+    metrics = evaluate_model(
+        model,
+        folder,
+        tmp_path / "out",
+        region="0,1,2,3",
+        max_windows=4,
+        n_permutations=100,
+        progress=False,
+    )
+    assert metrics["skipped"]["classification"] == "dataset has no labels"
+    assert "classification" not in metrics
+    assert "reconstruction" in metrics and "attention" in metrics
+    assert "dataset has no labels" in (tmp_path / "out" / "report.md").read_text()
