@@ -17,6 +17,15 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("megfm_hf.simulation.cli", "generate a simulated multi-state MEG cohort (BIDS)"),
     "build-dataset": ("megfm_hf.data.cli", "package MEG recordings as a datasets dataset"),
+    "pretrain": ("megfm_hf.training.cli", "masked-signal pretraining on a window dataset"),
+    "finetune": ("megfm_hf.training.cli", "fine-tune a classifier with subject-wise splits"),
+    "evaluate": (
+        "megfm_hf.evaluation.cli",
+        "evaluate a pretrained model: reconstruction, attention maps, classification",
+    ),
+    "card": ("megfm_hf.hub.card_cli", "write the model card (README.md) of a saved model"),
+    "push": ("megfm_hf.hub.cli", "publish a saved model (and its dataset) to the Hugging Face Hub"),
+    "demo": ("megfm_hf.demo", "the whole journey on a simulated cohort, with a report"),
 }
 
 
@@ -28,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_path, help_text) in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_path)
+        subparser = subparsers.add_parser(
+            name, help=help_text, description=help_text, add_help=getattr(module, "ADD_HELP", True)
+        )
         module.configure_parser(subparser)
         subparser.set_defaults(_module=module)
     return parser

@@ -40,3 +40,74 @@ def meg_data_dir() -> Path:
             pytest.fail(f"CI=true but {reason}", pytrace=False)
         pytest.skip(reason)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# A small simulated cohort, its dataset and a briefly pretrained model, shared by the training
+# and evaluation tests (built once per run: simulation, dataset and pretraining take minutes).
+# ---------------------------------------------------------------------------------------------
+
+COHORT_SUBJECTS = 8
+PRETRAIN_STEPS = 300
+SMALL_MODEL = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_latents": 8,
+    "decoder_hidden_size": 64,
+    "decoder_num_attention_heads": 4,
+    "mask_ratio": 0.5,
+    "mask_sensor_fraction": 0.6,
+    "mask_time_fraction": 0.1,
+}
+
+
+@pytest.fixture(scope="session")
+def simulated_cohort(tmp_path_factory) -> dict[str, Path]:
+    """An 8-subject cohort on a 120-sensor helmet and its dataset (100 Hz, 1 s windows)."""
+    import mne
+    import numpy as np
+
+    from megfm_hf.data import MEGProcessor, build_dataset
+    from megfm_hf.simulation import EVENT_ID, simulate_cohort
+    from megfm_hf.simulation.geometry import make_builtin_helmet
+
+    root = tmp_path_factory.mktemp("cohort")
+    info = make_builtin_helmet(sfreq=150.0, n_positions=40)
+    helmet = root / "helmet_raw.fif"
+    mne.io.RawArray(np.zeros((len(info["ch_names"]), 300)), info, verbose="error").save(
+        helmet, verbose="error"
+    )
+    bids = root / "bids"
+    result = simulate_cohort(
+        bids, n_subjects=COHORT_SUBJECTS, duration=20.0, sfreq=150.0, seed=0, geometry=helmet,
+        progress=False,
+    )  # fmt: skip
+    processor = MEGProcessor(
+        sfreq=100.0, patch_length=10, window_seconds=1.0, tmin=-0.2, l_freq=1.0, h_freq=40.0,
+        event_id=dict(EVENT_ID),
+    )  # fmt: skip
+    dataset = root / "dataset"
+    build_dataset(
+        None, dataset, processor=processor, bids_root=bids, event_id=dict(EVENT_ID), secret="t"
+    )
+    return {"root": root, "bids": bids, "dataset": dataset, "truth": result.ground_truth_path}
+
+
+@pytest.fixture(scope="session")
+def pretrained_model(simulated_cohort) -> Path:
+    """A small model pretrained with ``megfm_hf.training.pretrain`` on 6 of the 8 subjects."""
+    from megfm_hf.training import pretrain
+
+    return pretrain(
+        simulated_cohort["dataset"],
+        simulated_cohort["root"] / "pretraining",
+        config=SMALL_MODEL,
+        max_steps=PRETRAIN_STEPS,
+        batch_size=16,
+        learning_rate=1e-3,
+        test_fraction=0.25,
+        seed=0,
+        disable_tqdm=True,
+        save_strategy="no",
+    )

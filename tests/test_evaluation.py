@@ -11,12 +11,9 @@ import shutil
 from pathlib import Path
 
 import matplotlib.image as mpimg
-import mne
 import numpy as np
 import pytest
-import torch
 
-from megfm_hf.data import MEGProcessor, build_dataset
 from megfm_hf.evaluation import (
     bootstrap_ci,
     evaluate_model,
@@ -32,13 +29,9 @@ from megfm_hf.evaluation.classification import auroc
 from megfm_hf.evaluation.cli import configure_parser, run
 from megfm_hf.modeling.configuration_megfm import MEGConfig
 from megfm_hf.modeling.modeling_megfm import MEGForMaskedSignalModeling
-from megfm_hf.simulation import EVENT_ID, simulate_cohort
-from megfm_hf.simulation.geometry import make_builtin_helmet
-from megfm_hf.training.collator import MEGDataCollator
+from megfm_hf.simulation import EVENT_ID
 
 SUBJECTS = 8
-TEST_SUBJECTS = ["07", "08"]
-PRETRAIN_STEPS = 300
 MODEL_CONFIG = {
     "sampling_rate": 100.0,
     "patch_length": 10,
@@ -141,64 +134,13 @@ def test_shuffled_null_on_a_peaked_and_a_flat_map():
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> dict[str, Path]:
-    """A simulated 8-subject cohort on a 120-sensor helmet and its dataset (100 Hz, 1 s)."""
-    root = tmp_path_factory.mktemp("evaluation")
-    info = make_builtin_helmet(sfreq=150.0, n_positions=40)
-    helmet = root / "helmet_raw.fif"
-    mne.io.RawArray(np.zeros((len(info["ch_names"]), 300)), info, verbose="error").save(
-        helmet, verbose="error"
-    )
-    bids = root / "bids"
-    result = simulate_cohort(
-        bids, n_subjects=SUBJECTS, duration=20.0, sfreq=150.0, seed=0, geometry=helmet,
-        progress=False,
-    )  # fmt: skip
-    processor = MEGProcessor(
-        sfreq=100.0, patch_length=10, window_seconds=1.0, tmin=-0.2, l_freq=1.0, h_freq=40.0,
-        event_id=dict(EVENT_ID),
-    )  # fmt: skip
-    dataset = root / "dataset"
-    build_dataset(
-        None, dataset, processor=processor, bids_root=bids, event_id=dict(EVENT_ID), secret="t"
-    )
-    return {"root": root, "bids": bids, "dataset": dataset, "truth": result.ground_truth_path}
-
-
-def _pretrain(dataset_dir: Path, output_dir: Path, steps: int) -> Path:
-    """A short masked-signal pretraining on the training subjects (plain torch loop)."""
-    import datasets
-
-    torch.manual_seed(0)
-    rows = datasets.load_from_disk(str(dataset_dir)).with_format("numpy")
-    train = [s for s in sorted(set(rows["subject"])) if s not in TEST_SUBJECTS]
-    indices = [i for i, s in enumerate(rows["subject"]) if s in train]
-    config = MEGConfig(**MODEL_CONFIG)
-    model = MEGForMaskedSignalModeling(config)
-    collate = MEGDataCollator(config, draw_mask=True, seed=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1
-    )
-    rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(steps):
-        batch = collate([rows[int(i)] for i in rng.choice(indices, 16, replace=False)])
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-    model.save_pretrained(output_dir)
-    (output_dir / "split.json").write_text(json.dumps({"train": train, "test": TEST_SUBJECTS}))
-    shutil.copy(dataset_dir / "preprocessor_config.json", output_dir / "preprocessor_config.json")
-    return output_dir
+def cohort(simulated_cohort) -> dict[str, Path]:
+    return simulated_cohort
 
 
 @pytest.fixture(scope="module")
-def pretrained(cohort) -> Path:
-    return _pretrain(cohort["dataset"], cohort["root"] / "model", PRETRAIN_STEPS)
+def pretrained(pretrained_model) -> Path:
+    return pretrained_model
 
 
 @pytest.fixture(scope="module")
@@ -221,12 +163,13 @@ def evaluation(cohort, pretrained) -> tuple[dict, Path]:
 
 
 @pytest.mark.slow
-def test_evaluation_writes_every_section_and_figures(evaluation):
+def test_evaluation_writes_every_section_and_figures(evaluation, pretrained):
     metrics, output = evaluation
     saved = json.loads((output / "metrics.json").read_text())
     for section in ("reconstruction", "attention", "classification", "skipped"):
         assert section in saved, section
-    assert saved["test_subjects"] == TEST_SUBJECTS
+    split = json.loads((pretrained / "split.json").read_text())
+    assert saved["test_subjects"] == split["test"]
     reconstruction = saved["reconstruction"]
     assert set(reconstruction["continuous"]) == {"magnetometer", "planar_gradiometer"}
     assert set(reconstruction["baselines"]) == {"zeros", "interpolation", "ridge"}

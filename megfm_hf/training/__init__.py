@@ -1,1 +1,31 @@
-"""training."""
+"""Pretraining and fine-tuning with the transformers ``Trainer`` (and so ``accelerate``)."""
+
+from .checkpoints import CheckpointCompletionCallback, last_complete_checkpoint
+from .collator import MEGDataCollator
+from .data import (
+    SubjectSplit,
+    TrainingDataError,
+    encode_labels,
+    load_windows,
+    split_subjects,
+    subject_labels,
+)
+from .metrics import aggregate_by_subject, subject_metrics
+from .pretrain import PretrainingArguments, pretrain, run_pretraining
+
+__all__ = [
+    "CheckpointCompletionCallback",
+    "MEGDataCollator",
+    "PretrainingArguments",
+    "SubjectSplit",
+    "TrainingDataError",
+    "aggregate_by_subject",
+    "encode_labels",
+    "last_complete_checkpoint",
+    "load_windows",
+    "pretrain",
+    "run_pretraining",
+    "split_subjects",
+    "subject_labels",
+    "subject_metrics",
+]

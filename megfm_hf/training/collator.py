@@ -1,0 +1,122 @@
+"""Batching MEG windows: pad sensors to the batch maximum, build the sensor mask, draw masks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling.configuration_megfm import MEGConfig
+from ..modeling.modeling_megfm import compute_signal_mask
+
+MODEL_INPUTS = ("input_values", "sensor_positions", "sensor_types", "sensor_mask")
+
+
+def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype)
+    return torch.as_tensor(np.asarray(value), dtype=dtype)
+
+
+@dataclass
+class MEGDataCollator:
+    """Collate dataset rows (one window each) into model inputs.
+
+    Windows from different MEG systems have different sensor counts, so every batch is padded
+    to its own largest sensor count (never to a global maximum, which would waste compute),
+    padded sensors are marked False in ``sensor_mask`` and hold zeros. For pretraining, the
+    collator also draws the reconstruction mask with the model's ratios from its own seeded
+    generator, so a run's masks are reproducible.
+
+    Parameters
+    ----------
+    config : MEGConfig, optional
+        Model configuration. When given with ``draw_mask=True``, ``mask`` is drawn with
+        ``config.mask_ratio``, ``mask_sensor_fraction`` and ``mask_time_fraction``; its
+        ``patch_length`` is also checked against every window's length.
+    draw_mask : bool
+        Draw a pretraining ``mask`` of shape (batch, sensors, patches) (needs ``config``).
+    seed : int
+        Seed of the mask generator.
+    pad_to_multiple_of : int, optional
+        Round the padded sensor count up to a multiple of this (steadier shapes for compiled
+        kernels).
+
+    Notes
+    -----
+    Rows are mappings with ``input_values`` (sensors, samples), ``sensor_positions``
+    (sensors, 6), ``sensor_types`` (sensors,) and optionally ``sensor_mask`` (sensors,) and
+    ``labels``; other keys (subject, state, ...) are dropped. Values may be tensors, NumPy
+    arrays or lists, as the ``datasets`` formats deliver them.
+    """
+
+    config: MEGConfig | None = None
+    draw_mask: bool = False
+    seed: int = 0
+    pad_to_multiple_of: int | None = None
+    generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.draw_mask and self.config is None:
+            raise ValueError(
+                "MEGDataCollator: draw_mask=True needs the model config to know the mask ratios."
+            )
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("MEGDataCollator received an empty list of rows.")
+        signals = [_as_tensor(row["input_values"], torch.float32) for row in rows]
+        num_samples = {signal.shape[-1] for signal in signals}
+        if len(num_samples) != 1:
+            raise ValueError(
+                f"windows in one batch must have the same number of samples; got {sorted(num_samples)}."
+            )
+        (length,) = num_samples
+        if self.config is not None and length % self.config.patch_length:
+            raise ValueError(
+                f"windows have {length} samples, not a multiple of the model's patch_length="
+                f"{self.config.patch_length}; build the dataset with the model's processor settings."
+            )
+        num_sensors = max(signal.shape[0] for signal in signals)
+        if self.pad_to_multiple_of:
+            num_sensors = -(-num_sensors // self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+        batch_size = len(rows)
+        batch = {
+            "input_values": torch.zeros(batch_size, num_sensors, length),
+            "sensor_positions": torch.zeros(batch_size, num_sensors, 6),
+            "sensor_types": torch.zeros(batch_size, num_sensors, dtype=torch.long),
+            "sensor_mask": torch.zeros(batch_size, num_sensors, dtype=torch.bool),
+        }
+        for index, (row, signal) in enumerate(zip(rows, signals, strict=True)):
+            count = signal.shape[0]
+            batch["input_values"][index, :count] = signal
+            batch["sensor_positions"][index, :count] = _as_tensor(
+                row["sensor_positions"], torch.float32
+            )
+            batch["sensor_types"][index, :count] = _as_tensor(row["sensor_types"], torch.long)
+            if row.get("sensor_mask") is not None:
+                batch["sensor_mask"][index, :count] = _as_tensor(row["sensor_mask"], torch.bool)
+            else:
+                batch["sensor_mask"][index, :count] = True
+        # Bad sensors may hold anything; the model ignores them, zeros keep the batch finite.
+        batch["input_values"].masked_fill_(~batch["sensor_mask"][:, :, None], 0.0)
+
+        if "labels" in rows[0] and rows[0]["labels"] is not None:
+            labels = [row["labels"] for row in rows]
+            dtype = torch.float32 if isinstance(labels[0], float) else torch.long
+            batch["labels"] = torch.stack([_as_tensor(label, dtype) for label in labels])
+        if self.draw_mask:
+            batch["mask"] = compute_signal_mask(
+                batch["sensor_mask"],
+                length // self.config.patch_length,
+                self.config.mask_ratio,
+                self.config.mask_sensor_fraction,
+                self.config.mask_time_fraction,
+                generator=self.generator,
+            )
+        return batch

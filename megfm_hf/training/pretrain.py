@@ -1,0 +1,219 @@
+"""Self-supervised masked-signal pretraining with the transformers ``Trainer``.
+
+``run_pretraining`` is what ``megfm pretrain`` and ``accelerate launch scripts/pretrain.py``
+call; :func:`pretrain` is the same run from Python with keyword arguments. The ``Trainer``
+runs on ``accelerate``, so the same code trains on one CPU, one GPU (bf16) or many processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..modeling.configuration_megfm import MEGConfig
+from ..modeling.modeling_megfm import MEGForMaskedSignalModeling
+from .collator import MEGDataCollator
+from .data import (
+    check_dataset_matches_model,
+    load_windows,
+    select_subjects,
+    split_subjects,
+    subject_labels,
+)
+from .export import export_model, load_dataset_processor
+from .trainer import build_trainer, train_with_resume
+
+logger = logging.getLogger(__name__)
+
+#: MEGConfig fields that ``PretrainingArguments`` can set for a model trained from scratch.
+ARCHITECTURE_FIELDS = (
+    "attention_mode",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_latents",
+    "decoder_hidden_size",
+    "decoder_num_layers",
+    "decoder_num_attention_heads",
+    "mask_ratio",
+    "mask_sensor_fraction",
+    "mask_time_fraction",
+    "norm_patch_loss",
+)
+
+
+@dataclass
+class PretrainingArguments:
+    """What to pretrain on and which model (the optimiser settings are ``TrainingArguments``)."""
+
+    dataset: str = field(metadata={"help": "dataset folder built by `megfm build-dataset`"})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "continue from this model folder or Hub id instead of a new model"},
+    )
+    test_fraction: float = field(
+        default=0.2, metadata={"help": "fraction of subjects held out to measure reconstruction"}
+    )
+    split_seed: int = field(default=0, metadata={"help": "seed of the subject split"})
+    mask_seed: int = field(default=0, metadata={"help": "seed of the collator's mask generator"})
+    resume: bool = field(
+        default=False, metadata={"help": "resume from the last complete checkpoint in output_dir"}
+    )
+    attention_mode: str = field(default="latent", metadata={"help": "latent, factorized or full"})
+    hidden_size: int = field(default=256, metadata={"help": "encoder width"})
+    num_hidden_layers: int = field(default=8, metadata={"help": "encoder blocks"})
+    num_attention_heads: int = field(default=8, metadata={"help": "attention heads"})
+    num_latents: int = field(default=8, metadata={"help": "latent queries per patch (latent mode)"})
+    decoder_hidden_size: int = field(default=128, metadata={"help": "decoder width"})
+    decoder_num_layers: int = field(default=2, metadata={"help": "decoder blocks"})
+    decoder_num_attention_heads: int = field(
+        default=4, metadata={"help": "decoder attention heads"}
+    )
+    mask_ratio: float = field(default=0.5, metadata={"help": "fraction of tokens hidden"})
+    mask_sensor_fraction: float = field(
+        default=0.3, metadata={"help": "share masked as whole sensors"}
+    )
+    mask_time_fraction: float = field(
+        default=0.3, metadata={"help": "share masked as a time block"}
+    )
+    norm_patch_loss: bool = field(default=False, metadata={"help": "per-patch normalised targets"})
+
+    def model_config(self, sampling_rate: float, patch_length: int) -> MEGConfig:
+        """A new model's configuration, at the dataset's rate and patch length."""
+        values = {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+        return MEGConfig(sampling_rate=sampling_rate, patch_length=patch_length, **values)
+
+
+#: ``TrainingArguments`` defaults suited to masked-signal pretraining (the command line and
+#: :func:`pretrain` start from these; any of them can be overridden).
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "output_dir": "megfm-pretraining",
+    "max_steps": 1000,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 16,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_steps": 0.1,
+    "lr_scheduler_type": "cosine",
+    "max_grad_norm": 1.0,
+    "logging_steps": 50,
+    "save_steps": 250,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "report_to": [],
+    "dataloader_num_workers": 0,
+}
+
+
+def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments) -> Path:
+    """Pretrain a masked-signal model and export it.
+
+    Returns
+    -------
+    Path
+        ``{output_dir}/model``: safetensors weights, ``config.json``, the remote code,
+        ``preprocessor_config.json``, ``split.json`` (train and held-out subjects) and the
+        training settings; ready for ``from_pretrained``, evaluation and the Hub.
+    """
+    dataset = load_windows(args.dataset)
+    processor = load_dataset_processor(args.dataset)
+    if args.model_name_or_path:
+        model = MEGForMaskedSignalModeling.from_pretrained(args.model_name_or_path)
+    else:
+        config = args.model_config(processor.sfreq, processor.patch_length)
+        model = MEGForMaskedSignalModeling(config)
+    processor.check_model_config(model.config)
+    check_dataset_matches_model(dataset, model.config, name=args.dataset)
+
+    labels = subject_labels(dataset)
+    split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
+    train = select_subjects(dataset, split.train).with_format("numpy")
+    held_out = select_subjects(dataset, split.test).with_format("numpy")
+    logger.info(
+        "pretraining on %d windows of %d subjects, %d held-out windows of %d subjects",
+        len(train),
+        len(split.train),
+        len(held_out),
+        len(split.test),
+    )
+
+    collator = MEGDataCollator(model.config, draw_mask=True, seed=args.mask_seed)
+    trainer = build_trainer(model, training_args, train, held_out, collator)
+    train_with_resume(trainer, resume=args.resume)
+    metrics = trainer.evaluate() if len(held_out) else {}
+    return export_model(
+        trainer,
+        processor,
+        split=split,
+        metrics=metrics,
+        arguments={"pretraining": {k: v for k, v in asdict(args).items() if k != "dataset"}},
+    )
+
+
+def pretrain(
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    config: MEGConfig | dict[str, Any] | None = None,
+    max_steps: int = 1000,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    resume: bool = False,
+    **training_options: Any,
+) -> Path:
+    """Pretrain from Python; see :func:`run_pretraining`.
+
+    Parameters
+    ----------
+    dataset_dir, output_dir : str | Path
+        The dataset folder and the run folder (checkpoints, then ``model/``).
+    config : MEGConfig | dict, optional
+        A full configuration, or overrides of the ``PretrainingArguments`` architecture fields.
+    max_steps, batch_size, learning_rate : int, int, float
+        Optimiser steps, windows per step (per device) and peak learning rate.
+    test_fraction, seed : float, int
+        Held-out subject fraction and the seed of split, masks and initialisation.
+    resume : bool
+        Continue from the last complete checkpoint in ``output_dir``.
+    **training_options
+        Further ``TrainingArguments`` (e.g. ``save_steps``, ``bf16``).
+    """
+    overrides = config.to_dict() if isinstance(config, MEGConfig) else dict(config or {})
+    arguments = PretrainingArguments(
+        dataset=str(dataset_dir),
+        test_fraction=test_fraction,
+        split_seed=seed,
+        mask_seed=seed,
+        resume=resume,
+        **{k: v for k, v in overrides.items() if k in ARCHITECTURE_FIELDS},
+    )
+    options = {
+        **TRAINING_DEFAULTS,
+        "output_dir": str(output_dir),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "logging_steps": max(1, max_steps // 20),
+        "save_steps": max(1, max_steps // 4),
+        "seed": seed,
+        **training_options,
+    }
+    return run_pretraining(arguments, TrainingArguments(**options))
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Command-line entry point (``megfm pretrain``, ``scripts/pretrain.py``)."""
+    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    arguments, training_arguments = parser.parse_args_into_dataclasses(args=argv)
+    model_dir = run_pretraining(arguments, training_arguments)
+    print(f"pretrained model written to {model_dir}")
+    return model_dir
