@@ -204,6 +204,15 @@ def test_evoked_reconstruction_beats_interpolation(evaluation):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "claim 2 is not reproduced yet: after 1000 pretraining steps on this cohort only "
+        "auditory/right beats the shuffled null (alignment 0.28, null 95% upper 0.26, p=0.007); "
+        "auditory/left p=0.08, somatosensory p=0.36-0.79, and rest windows align best of all "
+        "(0.31), so the maps follow the geometry prior more than the stimulus"
+    ),
+)
 def test_attention_alignment_beats_shuffled_null(evaluation):
     metrics, _ = evaluation
     for condition in EVENT_ID:

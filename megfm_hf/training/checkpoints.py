@@ -16,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class CheckpointCompletionCallback(TrainerCallback):
     """Marks a ``checkpoint-N`` folder complete after the ``Trainer`` has saved all of it."""
 
     def on_save(self, args, state, control, **kwargs):
+        # Every process writes part of a checkpoint (its own RNG state at least): mark it only
+        # once all of them are done.
+        PartialState().wait_for_everyone()
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -40,7 +40,8 @@ class MEGDataCollator:
     draw_mask : bool
         Draw a pretraining ``mask`` of shape (batch, sensors, patches) (needs ``config``).
     seed : int
-        Seed of the mask generator.
+        Seed of the mask generator. Data-loader workers derive their own streams from it; give
+        each process of a distributed run its own seed (the training scripts add the rank).
     pad_to_multiple_of : int, optional
         Round the padded sensor count up to a multiple of this (steadier shapes for compiled
         kernels).
@@ -65,6 +66,14 @@ class MEGDataCollator:
                 "MEGDataCollator: draw_mask=True needs the model config to know the mask ratios."
             )
         self.generator = torch.Generator().manual_seed(self.seed)
+        self._worker: int | None = None
+
+    def _reseed_for_worker(self) -> None:
+        """Give each data-loader worker its own mask stream (workers start as copies)."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.id != self._worker:
+            self.generator.manual_seed(self.seed * 1_000_003 + info.id + 1)
+            self._worker = info.id
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -108,9 +117,13 @@ class MEGDataCollator:
 
         if "labels" in rows[0] and rows[0]["labels"] is not None:
             labels = [row["labels"] for row in rows]
-            dtype = torch.float32 if isinstance(labels[0], float) else torch.long
+            # NumPy/torch formats deliver float32 scalars or arrays (regression, multi-label),
+            # which are not Python floats; an integer dtype would truncate them.
+            floating = np.issubdtype(np.asarray(labels[0]).dtype, np.floating)
+            dtype = torch.float32 if floating else torch.long
             batch["labels"] = torch.stack([_as_tensor(label, dtype) for label in labels])
         if self.draw_mask:
+            self._reseed_for_worker()
             batch["mask"] = compute_signal_mask(
                 batch["sensor_mask"],
                 length // self.config.patch_length,

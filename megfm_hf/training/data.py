@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 
 from ..modeling.configuration_megfm import MEGConfig
 
@@ -43,7 +44,12 @@ def load_windows(path: str | Path) -> datasets.Dataset:
     path = Path(path)
     if not path.exists():
         raise TrainingDataError(f"dataset folder {path} does not exist.")
+    empty = TrainingDataError(f"dataset {path} has no windows.")
+    # datasets fails with unrelated errors on a folder without rows, so look before loading.
     if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        state = path / "state.json"
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+            raise empty
         dataset = datasets.load_from_disk(str(path))
     else:
         shards = sorted(path.glob("*.parquet")) or sorted(path.glob("parquet/*.parquet"))
@@ -52,13 +58,15 @@ def load_windows(path: str | Path) -> datasets.Dataset:
                 f"{path} is neither a datasets folder (dataset_info.json) nor a folder of Parquet "
                 "shards; build one with `megfm build-dataset`."
             )
+        if not sum(pq.read_metadata(shard).num_rows for shard in shards):
+            raise empty
         dataset = datasets.load_dataset(
             "parquet", data_files=[str(s) for s in shards], split="train"
         )
     if isinstance(dataset, datasets.DatasetDict):
         dataset = dataset["train"]
     if len(dataset) == 0:
-        raise TrainingDataError(f"dataset {path} has no windows.")
+        raise empty
     return dataset
 
 
@@ -113,10 +121,13 @@ class SubjectSplit:
 def subject_labels(dataset: datasets.Dataset, label_column: str = "label") -> dict[str, str]:
     """One label per subject; raise when a subject has several or none."""
     subjects = np.asarray(dataset["subject"])
-    labels = np.asarray(dataset[label_column]) if label_column in dataset.column_names else None
+    if label_column in dataset.column_names:
+        labels = np.asarray(dataset[label_column], dtype=object)
+    else:
+        labels = np.full(len(subjects), "", dtype=object)
     result: dict[str, str] = {}
     for subject in np.unique(subjects):
-        values = {"" if labels is None else str(v) for v in labels[subjects == subject]}
+        values = {"" if v is None else str(v) for v in labels[subjects == subject]}
         values.discard("")
         if len(values) > 1:
             raise TrainingDataError(
@@ -196,7 +207,7 @@ def encode_labels(
             f"dataset has no column {label_column!r}; fine-tuning needs a label per window "
             "(the manifest's `label` column or participants.tsv through --label-column)."
         )
-    values = [str(v) for v in dataset[label_column]]
+    values = ["" if v is None else str(v) for v in dataset[label_column]]
     unlabelled = sum(v == "" for v in values)
     if unlabelled:
         raise TrainingDataError(

@@ -35,7 +35,12 @@ from .data import (
 )
 from .export import export_model, load_dataset_processor
 from .metrics import aggregate_by_subject, softmax, subject_metrics
-from .trainer import ClassWeightedTrainer, build_trainer, train_with_resume
+from .trainer import (
+    ClassWeightedTrainer,
+    build_trainer,
+    check_distributed_launch,
+    train_with_resume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "eval_strategy": "no",
     "report_to": [],
     "dataloader_num_workers": 0,
+    "dataloader_pin_memory": torch.cuda.is_available(),
 }
 
 
@@ -159,6 +165,7 @@ def run_finetuning(args: FinetuningArguments, training_args: TrainingArguments) 
     )
     processor.check_model_config(model.config)
     check_dataset_matches_model(dataset, model.config, name=args.dataset)
+    check_distributed_launch(training_args)
 
     labels = subject_labels(dataset, args.label_column)
     split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)

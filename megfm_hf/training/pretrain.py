@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..modeling.configuration_megfm import MEGConfig
@@ -26,7 +27,7 @@ from .data import (
     subject_labels,
 )
 from .export import export_model, load_dataset_processor
-from .trainer import build_trainer, train_with_resume
+from .trainer import build_trainer, check_distributed_launch, train_with_resume
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "eval_strategy": "no",
     "report_to": [],
     "dataloader_num_workers": 0,
+    "dataloader_pin_memory": torch.cuda.is_available(),
 }
 
 
@@ -129,6 +131,7 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         model = MEGForMaskedSignalModeling(config)
     processor.check_model_config(model.config)
     check_dataset_matches_model(dataset, model.config, name=args.dataset)
+    check_distributed_launch(training_args)
 
     labels = subject_labels(dataset)
     split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
@@ -142,7 +145,10 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         len(split.test),
     )
 
-    collator = MEGDataCollator(model.config, draw_mask=True, seed=args.mask_seed)
+    # One mask stream per process, so the ranks of a distributed run hide different tokens.
+    collator = MEGDataCollator(
+        model.config, draw_mask=True, seed=args.mask_seed + training_args.process_index
+    )
     trainer = build_trainer(model, training_args, train, held_out, collator)
     train_with_resume(trainer, resume=args.resume)
     metrics = trainer.evaluate() if len(held_out) else {}
@@ -160,6 +166,7 @@ def pretrain(
     output_dir: str | Path,
     *,
     config: MEGConfig | dict[str, Any] | None = None,
+    model_name_or_path: str | Path | None = None,
     max_steps: int = 1000,
     batch_size: int = 16,
     learning_rate: float = 1e-3,
@@ -176,6 +183,8 @@ def pretrain(
         The dataset folder and the run folder (checkpoints, then ``model/``).
     config : MEGConfig | dict, optional
         A full configuration, or overrides of the ``PretrainingArguments`` architecture fields.
+    model_name_or_path : str | Path, optional
+        Continue pretraining this model folder or Hub id instead of a new model.
     max_steps, batch_size, learning_rate : int, int, float
         Optimiser steps, windows per step (per device) and peak learning rate.
     test_fraction, seed : float, int
@@ -188,6 +197,7 @@ def pretrain(
     overrides = config.to_dict() if isinstance(config, MEGConfig) else dict(config or {})
     arguments = PretrainingArguments(
         dataset=str(dataset_dir),
+        model_name_or_path=str(model_name_or_path) if model_name_or_path else None,
         test_fraction=test_fraction,
         split_seed=seed,
         mask_seed=seed,

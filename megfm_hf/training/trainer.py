@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import datasets
@@ -38,6 +39,21 @@ class ClassWeightedTrainer(Trainer):
         weights = self.class_weights.to(device=outputs.logits.device, dtype=torch.float32)
         loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights)
         return (loss, outputs) if return_outputs else loss
+
+
+def check_distributed_launch(args: TrainingArguments) -> None:
+    """Refuse a multi-process launch that the ``Trainer`` would run as independent copies.
+
+    Without a GPU, ``torchrun``/``accelerate launch`` processes only form one distributed run
+    with ``use_cpu=True``; otherwise each would train the whole model alone and all would
+    write the same output folder.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size == 1:
+        raise RuntimeError(
+            f"launched as {launched} processes, but the Trainer runs each one on its own: without "
+            "a GPU, distributed training needs --use_cpu true (TrainingArguments(use_cpu=True))."
+        )
 
 
 def build_trainer(
