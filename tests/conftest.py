@@ -67,19 +67,11 @@ SMALL_MODEL = {
 @pytest.fixture(scope="session")
 def simulated_cohort(tmp_path_factory) -> dict[str, Path]:
     """An 8-subject cohort on a 120-sensor helmet and its dataset (100 Hz, 1 s windows)."""
-    import mne
-    import numpy as np
-
     from megfm_hf.data import MEGProcessor, build_dataset
-    from megfm_hf.simulation import EVENT_ID, simulate_cohort
-    from megfm_hf.simulation.geometry import make_builtin_helmet
+    from megfm_hf.simulation import EVENT_ID, simulate_cohort, write_builtin_helmet
 
     root = tmp_path_factory.mktemp("cohort")
-    info = make_builtin_helmet(sfreq=150.0, n_positions=40)
-    helmet = root / "helmet_raw.fif"
-    mne.io.RawArray(np.zeros((len(info["ch_names"]), 300)), info, verbose="error").save(
-        helmet, verbose="error"
-    )
+    helmet = write_builtin_helmet(root / "helmet_raw.fif", sfreq=150.0, n_positions=40)
     bids = root / "bids"
     result = simulate_cohort(
         bids, n_subjects=COHORT_SUBJECTS, duration=20.0, sfreq=150.0, seed=0, geometry=helmet,

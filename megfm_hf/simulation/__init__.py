@@ -18,7 +18,13 @@ from .cohort import (
     simulate_cohort,
     simulate_run,
 )
-from .geometry import SensorGeometry, load_geometry, make_builtin_helmet, read_sensor_info
+from .geometry import (
+    SensorGeometry,
+    load_geometry,
+    make_builtin_helmet,
+    read_sensor_info,
+    write_builtin_helmet,
+)
 from .sources import CANONICAL_DIPOLES, DipoleSpec, PlacedSources, place_sources
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "SensorGeometry",
     "SubjectParameters",
     "load_geometry",
+    "write_builtin_helmet",
     "make_builtin_helmet",
     "place_sources",
     "read_sensor_info",

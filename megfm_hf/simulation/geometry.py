@@ -181,6 +181,35 @@ def _read_info(path: Path) -> mne.Info:
     )
 
 
+def write_builtin_helmet(
+    path: str | Path, sfreq: float = 250.0, n_positions: int = N_BUILTIN_POSITIONS
+) -> Path:
+    """Write the built-in helmet's sensor array as a short FIF file, for ``geometry=``.
+
+    A helmet with fewer positions (e.g. 40 positions, 120 sensors) keeps simulated cohorts and
+    models small enough for quick CPU runs while keeping the magnetometer + two planar
+    gradiometer layout.
+
+    Parameters
+    ----------
+    path : str | Path
+        Output FIF file (``*_raw.fif``).
+    sfreq : float
+        Sampling rate of the file, Hz.
+    n_positions : int
+        Sensor positions (three sensors each).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    info = make_builtin_helmet(sfreq=sfreq, n_positions=n_positions)
+    raw = mne.io.RawArray(np.zeros((len(info["ch_names"]), int(2 * sfreq))), info, verbose="error")
+    raw.save(path, overwrite=True, verbose="error")
+    return Path(path)
+
+
 def read_sensor_info(path: str | Path, sfreq: float = 250.0) -> mne.Info:
     """Read the MEG sensor array of a recording into a clean, MEG-only ``info``.
 
