@@ -47,7 +47,7 @@ class DemoSettings:
 
     subjects: int = 10
     duration: float = 30.0
-    steps: int = 700
+    steps: int = 1200
     helmet_positions: int = 40
     seed: int = 0
     sfreq: float = 100.0

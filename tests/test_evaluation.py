@@ -25,6 +25,7 @@ from megfm_hf.evaluation import (
     shuffled_null,
     subject_folds,
 )
+from megfm_hf.evaluation.attention import baseline_patches, induced_map, post_stimulus_patches
 from megfm_hf.evaluation.classification import auroc
 from megfm_hf.evaluation.cli import configure_parser, run
 from megfm_hf.modeling.configuration_megfm import MEGConfig
@@ -130,6 +131,23 @@ def test_shuffled_null_on_a_peaked_and_a_flat_map():
     assert flat["p_value"] == 1.0
 
 
+def test_induced_map_keeps_what_the_stimulus_adds():
+    # 10 patches of 0.1 s from -0.2 s: two baseline patches, post-stimulus window 0-0.2 s.
+    assert baseline_patches(10, 0.1, -0.2).tolist() == [True, True] + [False] * 8
+    assert post_stimulus_patches(10, 0.1, -0.2).tolist() == [False, False, True, True] + [False] * 6
+    rng = np.random.default_rng(0)
+    prior = rng.uniform(0.5, 1.5, size=30)  # input-independent attention, everywhere
+    attention = np.tile(prior, (8, 10, 1)) + rng.uniform(0, 0.05, size=(8, 10, 30))
+    attention[:, 2:4, :5] += 1.0  # the stimulus draws attention to sensors 0-4
+    induced = induced_map(
+        attention, post_stimulus_patches(10, 0.1, -0.2), baseline_patches(10, 0.1, -0.2)
+    )
+    assert induced.sum() == pytest.approx(0.0, abs=1e-9)
+    assert (induced[:5] > 0).all() and (induced[5:] < 0).all()
+    result = shuffled_null(induced, np.arange(5), np.zeros(30, dtype=int), n_permutations=500)
+    assert result["p_value"] < 0.01
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -204,15 +222,6 @@ def test_evoked_reconstruction_beats_interpolation(evaluation):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "claim 2 is not reproduced yet: after 1000 pretraining steps on this cohort only "
-        "auditory/right beats the shuffled null (alignment 0.28, null 95% upper 0.26, p=0.007); "
-        "auditory/left p=0.08, somatosensory p=0.36-0.79, and rest windows align best of all "
-        "(0.31), so the maps follow the geometry prior more than the stimulus"
-    ),
-)
 def test_attention_alignment_beats_shuffled_null(evaluation):
     metrics, _ = evaluation
     for condition in EVENT_ID:

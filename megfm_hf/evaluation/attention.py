@@ -2,12 +2,19 @@
 
 Method
 ------
-*Map*: for each window, the attention each sensor receives (:func:`.features.sensor_attention`:
-in ``latent`` mode the sensor cross-attention weights averaged over heads and latent queries; in
-``factorized`` mode the spatial attention averaged over blocks, heads and query sensors), averaged
-over the post-stimulus time patches of the window (patches starting at or after the event; all
-patches of rest windows), normalised to sum 1 over valid sensors; then averaged over the windows
-of a condition and normalised again.
+*Map*: for each window and time patch, the attention each sensor receives
+(:func:`.features.sensor_attention`: in ``latent`` mode the sensor cross-attention weights
+averaged over heads and latent queries; in ``factorized`` mode the spatial attention averaged over
+blocks, heads and query sensors), normalised to sum 1 over valid sensors.
+
+*Stimulus-induced map* (event-locked conditions): the mean map over the post-stimulus patches
+(starting within ``ATTENTION_WINDOW`` = 0-0.2 s of the event, where auditory N100m and
+somatosensory M20/M50 fields peak) minus the mean map over the pre-stimulus baseline patches of
+the same window, averaged over the windows of the condition. As in baseline-corrected evoked
+responses, this removes what the model attends to whatever the input (its geometry prior,
+sensors that are always informative) and keeps what the stimulus changes. Rest windows have no
+event and use the plain map averaged over all patches. Without baseline patches (``tmin >= 0``)
+the plain post-stimulus map is used.
 
 *Alignment*: the attention mass on the expected region (for the simulated cohort, the sensors of
 each type where the ground-truth evoked field is strongest: ``top_sensors`` of
@@ -34,8 +41,17 @@ logger = logging.getLogger(__name__)
 MATCH_TOLERANCE = 1e-3
 
 
-def post_stimulus_patches(num_patches: int, patch_duration: float, tmin: float) -> np.ndarray:
-    """Patches of an event-locked window that start at or after the event.
+#: post-stimulus interval whose attention is compared with the baseline, s from the event
+ATTENTION_WINDOW = (0.0, 0.2)
+
+
+def post_stimulus_patches(
+    num_patches: int,
+    patch_duration: float,
+    tmin: float,
+    window: tuple[float, float] = ATTENTION_WINDOW,
+) -> np.ndarray:
+    """Patches of an event-locked window that start within ``window`` after the event.
 
     Parameters
     ----------
@@ -44,15 +60,38 @@ def post_stimulus_patches(num_patches: int, patch_duration: float, tmin: float) 
         Seconds per patch.
     tmin : float
         Start of the window relative to the event, s.
+    window : (float, float)
+        Interval after the event, s.
 
     Returns
     -------
     selected : np.ndarray of bool, shape (P,)
-        All True when no patch starts after the event (so the map is never empty).
+        All True when no patch starts in the interval (so the map is never empty).
     """
     starts = tmin + patch_duration * np.arange(num_patches)
-    selected = starts >= -1e-9
+    selected = (starts >= window[0] - 1e-9) & (starts < window[1] - 1e-9)
     return selected if selected.any() else np.ones(num_patches, dtype=bool)
+
+
+def baseline_patches(num_patches: int, patch_duration: float, tmin: float) -> np.ndarray:
+    """Patches of an event-locked window that end before the event (the baseline)."""
+    ends = tmin + patch_duration * (np.arange(num_patches) + 1)
+    return ends <= 1e-9
+
+
+def _per_window(attention: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    per_window = attention[:, patches, :].mean(axis=1)
+    return per_window / np.clip(per_window.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def induced_map(attention: np.ndarray, post: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """Post-stimulus minus baseline attention, averaged over windows (N, P, S) -> (S,).
+
+    Each window's post-stimulus and baseline maps are normalised to sum 1 first, so the
+    result sums to 0: positive where the stimulus draws attention, negative where it draws it
+    away.
+    """
+    return (_per_window(attention, post) - _per_window(attention, baseline)).mean(axis=0)
 
 
 def condition_map(attention: np.ndarray, patches: np.ndarray) -> np.ndarray:
@@ -63,14 +102,13 @@ def condition_map(attention: np.ndarray, patches: np.ndarray) -> np.ndarray:
     map : np.ndarray, shape (S,)
         Sums to 1.
     """
-    per_window = attention[:, patches, :].mean(axis=1)
-    per_window = per_window / np.clip(per_window.sum(axis=1, keepdims=True), 1e-12, None)
-    averaged = per_window.mean(axis=0)
+    averaged = _per_window(attention, patches).mean(axis=0)
     return averaged / max(float(averaged.sum()), 1e-12)
 
 
 def alignment_score(attention_map: np.ndarray, region: np.ndarray) -> float:
-    """Attention mass on the region (indices or boolean mask) of a map summing to 1."""
+    """Attention mass on the region (indices or boolean mask): of a map summing to 1, or the
+    attention a stimulus adds there for an induced map."""
     return float(np.asarray(attention_map)[np.asarray(region)].sum())
 
 
@@ -273,6 +311,9 @@ __all__ = [
     "match_channel_names",
     "parse_region",
     "post_stimulus_patches",
+    "baseline_patches",
+    "induced_map",
+    "ATTENTION_WINDOW",
     "regions_from_ground_truth",
     "shuffled_null",
 ]

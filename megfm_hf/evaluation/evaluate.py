@@ -319,11 +319,16 @@ def evaluate_model(
         post_patches = attn.post_stimulus_patches(
             num_patches, model.config.patch_duration, data.tmin
         )
+        baseline = attn.baseline_patches(num_patches, model.config.patch_duration, data.tmin)
         maps = {}
         for condition in sorted(set(window_conditions), key=lambda c: (c == REST, c)):
-            chosen = window_conditions == condition
-            patches = np.ones(num_patches, bool) if condition == REST else post_patches
-            maps[condition] = attn.condition_map(inference.attention[chosen], patches)
+            chosen = inference.attention[window_conditions == condition]
+            if condition == REST:
+                maps[condition] = attn.condition_map(chosen, np.ones(num_patches, bool))
+            elif baseline.any():
+                maps[condition] = attn.induced_map(chosen, post_patches, baseline)
+            else:
+                maps[condition] = attn.condition_map(chosen, post_patches)
         regions: dict[str, np.ndarray] = {}
         if region is not None:
             shared = attn.parse_region(region, names, len(windows.types))

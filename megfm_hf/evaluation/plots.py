@@ -104,15 +104,19 @@ def plot_topomaps(
             marked[regions[condition]] = 1.0
         groups = topomap_groups(maps[condition], positions, types, valid)
         region_groups = topomap_groups(marked, positions, types, valid)
+        # Induced maps (post minus baseline) are signed: centre their colour scale on zero.
+        signed = bool(np.min(maps[condition]) < 0)
         for row, (label, (values, flat)) in enumerate(groups.items()):
             axis = axes[row, column]
             mask = region_groups[label][0] > 0 if regions else None
+            limit = float(np.abs(values).max()) or 1.0
             mne.viz.plot_topomap(
                 values,
                 flat,
                 axes=axis,
                 show=False,
-                cmap="Reds",
+                cmap="RdBu_r" if signed else "Reds",
+                vlim=(-limit, limit) if signed else (None, None),
                 sensors=True,
                 contours=0,
                 mask=mask,

@@ -75,7 +75,7 @@ def _attention_claim(metrics: Mapping) -> list[str]:
         else "not supported: no condition beats the shuffled-sensor null (p < 0.05)"
     )
     return [
-        "attention peaks at the driven sensors (mass on expected sensors)",
+        "attention rises at the driven sensors (stimulus-induced attention on expected sensors)",
         _f(model),
         f"shuffled null {_f(null)}",
         verdict,
