@@ -615,3 +615,49 @@ def test_two_processes_without_distributed_training_stop_with_advice(tiny_datase
     assert result.returncode != 0
     assert "launched as 2 processes" in result.stderr and "--use_cpu true" in result.stderr
     assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["lora", "linear_probe"])
+def test_finetuning_reports_per_subject_and_exports_a_plain_classifier(
+    strategy, simulated_cohort, pretrained_model, tmp_path
+):
+    import csv
+
+    from megfm_hf import MEGForSequenceClassification
+    from megfm_hf.training.finetune import finetune
+
+    model_dir = finetune(
+        simulated_cohort["dataset"],
+        pretrained_model,
+        tmp_path / "run",
+        strategy=strategy,
+        max_steps=4,
+        batch_size=8,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    split = json.loads((model_dir / "split.json").read_text())
+    assert not set(split["train"]) & set(split["test"])
+    with open(tmp_path / "run" / "subject_predictions.tsv") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert sorted(row["subject"] for row in rows) == sorted(split["test"])
+    for row in rows:
+        assert float(row["p_control"]) + float(row["p_migraine"]) == pytest.approx(1.0, abs=1e-3)
+    metrics = json.loads((tmp_path / "run" / "subject_metrics.json").read_text())
+    assert metrics["n_subjects"] == len(split["test"])
+    assert {"balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity"} <= set(metrics)
+
+    classifier = MEGForSequenceClassification.from_pretrained(model_dir)
+    assert classifier.config.id2label == {0: "control", 1: "migraine"}
+    names = set(classifier.state_dict())
+    assert not any("lora" in name for name in names), "LoRA weights must be merged on export"
+    if strategy == "linear_probe":
+        from safetensors.torch import load_file
+
+        pretrained = load_file(pretrained_model / "model.safetensors")
+        exported = load_file(model_dir / "model.safetensors")
+        for name, tensor in pretrained.items():
+            if name.startswith("megfm."):
+                assert torch.equal(exported[name], tensor), f"{name} changed under a frozen encoder"

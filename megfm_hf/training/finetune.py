@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from ..modeling.modeling_megfm import MEGForSequenceClassification
 from .checkpoints import write_json_atomic
@@ -39,6 +39,7 @@ from .trainer import (
     ClassWeightedTrainer,
     build_trainer,
     check_distributed_launch,
+    run_from_command_line,
     train_with_resume,
 )
 
@@ -281,9 +282,6 @@ def finetune(
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point (``megfm finetune``, ``scripts/finetune.py``)."""
-    parser = HfArgumentParser((FinetuningArguments, TrainingArguments))
-    parser.set_defaults(**TRAINING_DEFAULTS)
-    arguments, training_arguments = parser.parse_args_into_dataclasses(args=argv)
-    model_dir = run_finetuning(arguments, training_arguments)
-    print(f"fine-tuned model written to {model_dir}")
-    return model_dir
+    return run_from_command_line(
+        FinetuningArguments, TRAINING_DEFAULTS, run_finetuning, argv, "fine-tuned"
+    )

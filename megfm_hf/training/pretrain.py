@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from ..modeling.configuration_megfm import MEGConfig
 from ..modeling.modeling_megfm import MEGForMaskedSignalModeling
@@ -27,7 +27,12 @@ from .data import (
     subject_labels,
 )
 from .export import export_model, load_dataset_processor
-from .trainer import build_trainer, check_distributed_launch, train_with_resume
+from .trainer import (
+    build_trainer,
+    check_distributed_launch,
+    run_from_command_line,
+    train_with_resume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +226,6 @@ def pretrain(
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point (``megfm pretrain``, ``scripts/pretrain.py``)."""
-    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
-    parser.set_defaults(**TRAINING_DEFAULTS)
-    arguments, training_arguments = parser.parse_args_into_dataclasses(args=argv)
-    model_dir = run_pretraining(arguments, training_arguments)
-    print(f"pretrained model written to {model_dir}")
-    return model_dir
+    return run_from_command_line(
+        PretrainingArguments, TRAINING_DEFAULTS, run_pretraining, argv, "pretrained"
+    )

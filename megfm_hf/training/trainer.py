@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import (
@@ -96,3 +98,23 @@ def train_with_resume(trainer: Trainer, resume: bool) -> TrainOutput:
         else:
             logger.info("resuming from %s", checkpoint)
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def run_from_command_line(
+    arguments_class: type,
+    defaults: dict[str, Any],
+    run: Callable[[Any, TrainingArguments], Path],
+    argv: Sequence[str] | None,
+    done: str,
+) -> Path:
+    """Parse a run's dataclass and ``TrainingArguments`` (with run-specific defaults), run it.
+
+    The shared body of ``megfm pretrain`` / ``megfm finetune`` and their scripts.
+    """
+    parser = HfArgumentParser((arguments_class, TrainingArguments))
+    parser.set_defaults(**defaults)
+    arguments, training_arguments = parser.parse_args_into_dataclasses(args=argv)
+    model_dir = run(arguments, training_arguments)
+    if training_arguments.process_index == 0:
+        print(f"{done} model written to {model_dir}")
+    return model_dir
