@@ -33,7 +33,8 @@ def test_demo_runs_every_stage(tmp_path):
     ):
         assert (model / name).is_file(), name
     card = ModelCard.load(model / "README.md")
-    assert card.data.model_index, "the card carries the evaluation as model-index metadata"
+    assert card.data.eval_results, "the card carries the evaluation as model-index metadata"
+    assert any(result.metric_type == "nmse" for result in card.data.eval_results)
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert {"reconstruction", "attention", "classification"} <= set(metrics)
     assert (tmp_path / "report" / "report.md").read_text().startswith("#")
