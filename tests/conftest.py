@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("MNE_LOGGING_LEVEL", "WARNING")
 
+from megfm_hf.demo import DEMO_MODEL  # noqa: E402  (after the environment is set)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,17 +54,8 @@ COHORT_SUBJECTS = 8
 # (measured: at 700 steps auditory magnetometers reach NMSE 0.43 against 0.37 for
 # interpolation; at 1000 steps 0.27-0.30 against 0.35-0.37). About 5 minutes on 2 cores.
 PRETRAIN_STEPS = 1200
-SMALL_MODEL = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_latents": 8,
-    "decoder_hidden_size": 64,
-    "decoder_num_attention_heads": 4,
-    "mask_ratio": 0.5,
-    "mask_sensor_fraction": 0.6,
-    "mask_time_fraction": 0.1,
-}
+#: The demo's model: the tests train and evaluate exactly what `megfm demo` ships.
+SMALL_MODEL = DEMO_MODEL
 
 
 @pytest.fixture(scope="session")
