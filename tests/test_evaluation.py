@@ -14,6 +14,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from megfm_hf.demo import DEMO_MODEL
 from megfm_hf.evaluation import (
     bootstrap_ci,
     evaluate_model,
@@ -33,19 +34,8 @@ from megfm_hf.modeling.modeling_megfm import MEGForMaskedSignalModeling
 from megfm_hf.simulation import EVENT_ID
 
 SUBJECTS = 8
-MODEL_CONFIG = {
-    "sampling_rate": 100.0,
-    "patch_length": 10,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_latents": 8,
-    "decoder_hidden_size": 64,
-    "decoder_num_attention_heads": 4,
-    "mask_ratio": 0.5,
-    "mask_sensor_fraction": 0.6,
-    "mask_time_fraction": 0.1,
-}
+# The demo's model at the test cohort's rate and patch length.
+MODEL_CONFIG = {"sampling_rate": 100.0, "patch_length": 10, **DEMO_MODEL}
 
 
 # --------------------------------------------------------------------------- metric functions
