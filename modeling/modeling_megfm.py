@@ -42,8 +42,11 @@ class MEGModelOutput(ModelOutput):
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(B, S, P, D)`):
             One feature vector per (sensor, time patch) after the encoder and the final norm.
+            In `full` mode, which encodes present tokens only, hidden tokens and those of
+            invalid sensors are zeros.
         pooler_output (`torch.FloatTensor` of shape `(B, D)`):
-            Summary of the tokens of valid sensors (mean or max, see `config.pooling`).
+            Summary of the tokens of valid sensors (mean or max, see `config.pooling`); in
+            `full` mode of the present tokens.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             With `output_hidden_states=True`: the embeddings, then the output of every encoder
             block. `(B, S, P, D)` each in `full` and `factorized` modes; in `latent` mode the
@@ -691,7 +694,19 @@ class EncoderResult:
 
 
 class MEGFullEncoder(nn.Module):
-    """Every token attends to every present token of its window."""
+    """Every present token attends to every present token of its window.
+
+    Absent tokens (hidden by the mask, or of padded and bad sensors) are never encoded: as in
+    ViT-MAE, the present tokens of each window are gathered into a shorter sequence, so a
+    pretraining step at mask ratio `r` costs about `(1 - r)^2` of the attention and `1 - r` of
+    the rest, and padding from batches that mix sensor arrays costs nothing. Windows with as
+    many present tokens as each other (the usual case: the mask hides the same share of every
+    window) need no attention mask at all, which keeps SDPA's flash kernels on a GPU. Absent
+    tokens come out as zeros; decoders give them their own (mask) tokens.
+
+    Under `torch.compile` the gathered length, which depends on the data, is avoided: the
+    encoder runs over the whole grid with a key-padding mask, and gives the same outputs.
+    """
 
     def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int, num_layers: int):
         super().__init__()
@@ -699,6 +714,8 @@ class MEGFullEncoder(nn.Module):
             [MEGLayer(config, hidden_size, num_heads) for _ in range(num_layers)]
         )
         self.norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        #: gather present tokens before encoding (off: key-padding mask over the whole grid)
+        self.gather_present = True
 
     def forward(
         self,
@@ -708,17 +725,87 @@ class MEGFullEncoder(nn.Module):
         output_hidden_states: bool = False,
     ) -> EncoderResult:
         batch_size, num_sensors, num_patches, hidden_size = grid.shape
-        tokens = grid.reshape(batch_size, num_sensors * num_patches, hidden_size)
-        mask = None if present is None else key_padding_mask(present.reshape(batch_size, -1))
-        hidden_states = (grid,) if output_hidden_states else None
+        num_tokens = num_sensors * num_patches
+        tokens = grid.reshape(batch_size, num_tokens, hidden_size)
+        if present is None:
+            return self._encode(tokens, None, grid, output_attentions, output_hidden_states)
+        present = present.reshape(batch_size, num_tokens)
+        if not self.gather_present or torch.compiler.is_compiling():
+            return self._encode(
+                tokens, present, grid, output_attentions, output_hidden_states, present
+            )
+
+        # Present tokens first, in their original order; `order[:, :length]` indexes them.
+        counts = present.sum(dim=1)
+        length = max(int(counts.max()), 1)
+        order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :length]
+        kept = torch.arange(length, device=grid.device)[None, :] < counts[:, None]
+        gathered = tokens.gather(1, order[:, :, None].expand(-1, -1, hidden_size))
+        padding = None if bool((counts == counts[0]).all()) else kept
+        result = self._encode(
+            gathered, padding, None, output_attentions, output_hidden_states, kept
+        )
+
+        def scatter(states: torch.Tensor) -> torch.Tensor:
+            full = states.new_zeros(batch_size, num_tokens, hidden_size)
+            full.scatter_(1, order[:, :, None].expand(-1, -1, hidden_size), states)
+            return full.view_as(grid)
+
+        hidden_states = None
+        if result.hidden_states is not None:
+            hidden_states = (grid,) + tuple(scatter(s) for s in result.hidden_states[1:])
+        attentions = None
+        if result.attentions is not None:
+            attentions = tuple(
+                self._scatter_weights(w, order, num_tokens) for w in result.attentions
+            )
+        return EncoderResult(scatter(result.grid), hidden_states, attentions, None)
+
+    def _encode(
+        self,
+        tokens: torch.Tensor,
+        padding: torch.Tensor | None,
+        grid: torch.Tensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+        keep: torch.Tensor | None = None,
+    ) -> EncoderResult:
+        """Run the blocks over `(B, N, D)` tokens; rows where `keep` is False come out as zeros.
+
+        Hidden states come back as `(B, N, D)` sequences when `grid` is None, and in the shape
+        of `grid` (with `grid` itself first) otherwise.
+        """
+        mask = None if padding is None else key_padding_mask(padding)
+        keep_rows = None if keep is None else keep[:, :, None]
+
+        def finish(states: torch.Tensor) -> torch.Tensor:
+            states = states if keep_rows is None else states * keep_rows.to(states.dtype)
+            return states if grid is None else states.view_as(grid)
+
+        hidden_states = ((tokens if grid is None else grid),) if output_hidden_states else None
         attentions = () if output_attentions else None
         for layer in self.layers:
             tokens, weights = layer(tokens, None, mask, output_attentions)
             if output_hidden_states:
-                hidden_states += (tokens.view_as(grid),)
+                hidden_states += (finish(tokens),)
             if output_attentions:
+                if keep is not None:
+                    weights = weights * keep[:, None, :, None].to(weights.dtype)
                 attentions += (weights,)
-        return EncoderResult(self.norm(tokens).view_as(grid), hidden_states, attentions, None)
+        return EncoderResult(finish(self.norm(tokens)), hidden_states, attentions, None)
+
+    @staticmethod
+    def _scatter_weights(
+        weights: torch.Tensor, order: torch.Tensor, num_tokens: int
+    ) -> torch.Tensor:
+        """Attention among gathered tokens `(B, H, n, n)` -> among all tokens `(B, H, N, N)`."""
+        batch_size, num_heads, length, _ = weights.shape
+        full = weights.new_zeros(batch_size, num_heads, num_tokens, length)
+        rows = order[:, None, :, None].expand(-1, num_heads, -1, length)
+        full.scatter_(2, rows, weights)
+        out = weights.new_zeros(batch_size, num_heads, num_tokens, num_tokens)
+        columns = order[:, None, None, :].expand(-1, num_heads, num_tokens, -1)
+        return out.scatter_(3, columns, full)
 
 
 class MEGFactorizedEncoder(nn.Module):
@@ -940,23 +1027,20 @@ class MEGModel(MEGPreTrainedModel):
             )
         self.post_init()
 
-    def pool(
-        self, last_hidden_state: torch.Tensor, sensor_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Summarise `(B, S, P, D)` tokens over valid sensors and all patches into `(B, D)`."""
-        if sensor_mask is None:
+    def pool(self, last_hidden_state: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Summarise `(B, S, P, D)` features over the chosen tokens `(B, S, P)` into `(B, D)`."""
+        if tokens is None:
             if self.config.pooling == "max":
                 return last_hidden_state.amax(dim=(1, 2))
             return last_hidden_state.mean(dim=(1, 2))
-        weights = sensor_mask[:, :, None, None]
+        weights = tokens[..., None]
         if self.config.pooling == "max":
             filled = last_hidden_state.masked_fill(
                 ~weights, torch.finfo(last_hidden_state.dtype).min
             )
             return filled.amax(dim=(1, 2))
         total = (last_hidden_state * weights).sum(dim=(1, 2))
-        count = weights.sum(dim=(1, 2)).clamp(min=1) * last_hidden_state.shape[2]
-        return total / count.to(total.dtype)
+        return total / weights.sum(dim=(1, 2)).clamp(min=1).to(total.dtype)
 
     def forward(
         self,
@@ -1044,6 +1128,11 @@ class MEGModel(MEGPreTrainedModel):
             )
             input_values = input_values / scale[:, :, None].to(input_values.dtype)
         grid = self.embeddings(input_values, sensor_positions, sensor_types, hidden, scale)
+        # Features are pooled over valid sensors; in `full` mode, which does not encode hidden
+        # tokens, over the present tokens only.
+        pooled = present if self.config.attention_mode == "full" else None
+        if pooled is None and sensor_mask is not None:
+            pooled = sensor_mask[:, :, None].expand(-1, -1, grid.shape[2])
         if self.config.attention_mode == "latent":
             time = self.embeddings.time_encoding(grid.shape[2], grid.device, grid.dtype)
             geometry = self.embeddings.geometry.fourier_features(sensor_positions)
@@ -1054,7 +1143,7 @@ class MEGModel(MEGPreTrainedModel):
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
         return MEGModelOutput(
             last_hidden_state=result.grid,
-            pooler_output=self.pool(result.grid, sensor_mask),
+            pooler_output=self.pool(result.grid, pooled),
             hidden_states=result.hidden_states,
             attentions=result.attentions,
             sensor_attentions=result.sensor_attentions,

@@ -163,6 +163,38 @@ def test_padding_and_bad_sensors_change_nothing_else(mode):
     )
 
 
+@pytest.mark.parametrize("equal_counts", [True, False])
+def test_full_mode_encodes_present_tokens_only(equal_counts):
+    """The gathered encoder matches the whole-grid one with a key-padding mask, everywhere."""
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode="full")).eval()
+    batch = meg_batch(batch_size=3, num_sensors=12, num_samples=60)
+    if not equal_counts:
+        batch["sensor_mask"][1, -3:] = False  # fewer present tokens in one window
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 6, 0.6, 0.3, 0.3, torch.Generator().manual_seed(3)
+    )
+    encoder = model.megfm.encoder
+    outputs = {}
+    for gather in (True, False):
+        encoder.gather_present = gather
+        outputs[gather] = (
+            model.megfm(**batch, mask=mask, output_hidden_states=True, output_attentions=True),
+            model(**batch, mask=mask),
+        )
+    (gathered, gathered_head), (dense, dense_head) = outputs[True], outputs[False]
+    present = ~mask & batch["sensor_mask"][:, :, None]
+    assert gathered.last_hidden_state[present].abs().sum() > 0
+    assert torch.count_nonzero(gathered.last_hidden_state[~present]) == 0
+    torch.testing.assert_close(gathered.last_hidden_state, dense.last_hidden_state)
+    torch.testing.assert_close(gathered.pooler_output, dense.pooler_output)
+    for first, second in zip(gathered.hidden_states, dense.hidden_states, strict=True):
+        torch.testing.assert_close(first, second)
+    for first, second in zip(gathered.attentions, dense.attentions, strict=True):
+        torch.testing.assert_close(first, second)
+    torch.testing.assert_close(gathered_head.loss, dense_head.loss)
+    torch.testing.assert_close(gathered_head.reconstruction, dense_head.reconstruction)
+
+
 def test_one_model_serves_306_and_275_sensor_arrays():
     model = MEGModel(tiny_config()).eval()
     neuromag = meg_batch(batch_size=1, num_sensors=306, num_samples=20, seed=1)
@@ -180,7 +212,13 @@ def test_attention_probabilities_sum_to_one(mode):
     out = model(**batch, output_attentions=True)
     for weights in out.attentions + (out.sensor_attentions or ()):
         assert (weights >= 0).all()
-        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+        totals = weights.sum(-1)
+        if mode == "full":
+            # Tokens of invalid sensors are not encoded: their rows are empty.
+            present = batch["sensor_mask"][:, :, None].expand(-1, -1, 3).reshape(2, 1, -1)
+            assert torch.count_nonzero(totals * ~present) == 0
+            totals = totals[present.expand_as(totals)]
+        torch.testing.assert_close(totals, torch.ones_like(totals))
     if out.sensor_attentions is not None:
         # invalid sensors receive no attention
         sensor_weights = out.sensor_attentions[0][1, ..., 7:9]
