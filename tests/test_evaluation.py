@@ -26,7 +26,12 @@ from megfm_hf.evaluation import (
     shuffled_null,
     subject_folds,
 )
-from megfm_hf.evaluation.attention import baseline_patches, induced_map, post_stimulus_patches
+from megfm_hf.evaluation.attention import (
+    baseline_patches,
+    evoked_peak_patch,
+    induced_map,
+    post_stimulus_patches,
+)
 from megfm_hf.evaluation.classification import auroc
 from megfm_hf.evaluation.cli import configure_parser, run
 from megfm_hf.modeling.configuration_megfm import MEGConfig
@@ -121,16 +126,45 @@ def test_shuffled_null_on_a_peaked_and_a_flat_map():
     assert flat["p_value"] == 1.0
 
 
+@pytest.mark.parametrize("latency", [0.045, 0.11])
+def test_evoked_peak_patch_finds_the_evoked_component(latency):
+    # 40 windows from -0.2 s at 100 Hz, patches of 0.1 s: an evoked field (a 15-ms Gaussian at
+    # `latency`, a smooth pattern over 20 magnetometers and, 40x larger in units, over 40
+    # gradiometers) in 1/f noise as strong as the evoked peak on single trials.
+    rng = np.random.default_rng(1)
+    times = -0.2 + np.arange(100) / 100.0
+    types = np.repeat([0, 1], [20, 40])
+    pattern = np.concatenate([np.sin(np.linspace(0, 3, 20)), 40 * np.cos(np.linspace(0, 5, 40))])
+    wave = np.exp(-0.5 * ((times - latency) / 0.015) ** 2)
+    noise = np.cumsum(rng.normal(size=(40, 60, 100)), axis=-1) * 0.1
+    noise -= noise.mean(axis=-1, keepdims=True)
+    signals = pattern[None, :, None] * (wave[None, None, :] + noise)
+    valid = np.ones((40, 60), dtype=bool)
+    valid[::3, 7] = False  # a sensor bad in some windows
+    candidates = post_stimulus_patches(10, 0.1, -0.2)
+    baseline = baseline_patches(10, 0.1, -0.2)
+    peak = evoked_peak_patch(signals, types, valid, 10, candidates, baseline)
+    assert peak == 2 + int(latency // 0.1)
+    # An evoked component outside the search window is not chosen.
+    late = pattern[None, :, None] * np.exp(-0.5 * ((times - 0.55) / 0.015) ** 2)
+    assert evoked_peak_patch(signals + 5 * late, types, valid, 10, candidates, baseline) == peak
+
+
 def test_induced_map_keeps_what_the_stimulus_adds():
-    # 10 patches of 0.1 s from -0.2 s: two baseline patches, post-stimulus window 0-0.2 s.
+    # 10 patches of 0.1 s from -0.2 s: two baseline patches, the peak searched in 0-0.3 s.
     assert baseline_patches(10, 0.1, -0.2).tolist() == [True, True] + [False] * 8
-    assert post_stimulus_patches(10, 0.1, -0.2).tolist() == [False, False, True, True] + [False] * 6
+    assert post_stimulus_patches(10, 0.1, -0.2).tolist() == [False] * 2 + [True] * 3 + [False] * 5
+    assert post_stimulus_patches(10, 0.1, -0.2, (0.0, 0.2)).tolist() == (
+        [False] * 2 + [True] * 2 + [False] * 6
+    )
     rng = np.random.default_rng(0)
     prior = rng.uniform(0.5, 1.5, size=30)  # input-independent attention, everywhere
     attention = np.tile(prior, (8, 10, 1)) + rng.uniform(0, 0.05, size=(8, 10, 30))
     attention[:, 2:4, :5] += 1.0  # the stimulus draws attention to sensors 0-4
     induced = induced_map(
-        attention, post_stimulus_patches(10, 0.1, -0.2), baseline_patches(10, 0.1, -0.2)
+        attention,
+        post_stimulus_patches(10, 0.1, -0.2, (0.0, 0.2)),
+        baseline_patches(10, 0.1, -0.2),
     )
     assert induced.sum() == pytest.approx(0.0, abs=1e-9)
     assert (induced[:5] > 0).all() and (induced[5:] < 0).all()

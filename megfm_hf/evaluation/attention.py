@@ -7,14 +7,18 @@ Method
 averaged over heads and latent queries; in ``factorized`` mode the spatial attention averaged over
 blocks, heads and query sensors), normalised to sum 1 over valid sensors.
 
-*Stimulus-induced map* (event-locked conditions): the mean map over the post-stimulus patches
-(starting within ``ATTENTION_WINDOW`` = 0-0.2 s of the event, where auditory N100m and
-somatosensory M20/M50 fields peak) minus the mean map over the pre-stimulus baseline patches of
-the same window, averaged over the windows of the condition. As in baseline-corrected evoked
-responses, this removes what the model attends to whatever the input (its geometry prior,
-sensors that are always informative) and keeps what the stimulus changes. Rest windows have no
-event and use the plain map averaged over all patches. Without baseline patches (``tmin >= 0``)
-the plain post-stimulus map is used.
+*Stimulus-induced map* (event-locked conditions): the map at the patch where the condition's
+evoked response is strongest minus the mean map over the pre-stimulus baseline patches of the
+same window, averaged over the windows of the condition. The peak patch is read from the data,
+never from the attention or the expected region: of the patches that start within
+``PEAK_SEARCH_WINDOW`` = 0-0.3 s after the event (auditory N100m, somatosensory M20/M50), the one
+where the baseline-corrected average of the condition's input windows has the most power (its
+global field power, per sensor type relative to that type's strongest patch, summed over
+types), as evoked responses are read at their peak. As in baseline-corrected evoked
+responses, the subtraction removes what the model attends to whatever the input (its geometry
+prior, sensors that are always informative) and keeps what the stimulus changes. Rest windows
+have no event and use the plain map averaged over all patches. Without baseline patches
+(``tmin >= 0``) the plain map at the peak patch is used.
 
 *Alignment*: the attention mass on the expected region (for the simulated cohort, the sensors of
 each type where the ground-truth evoked field is strongest: ``top_sensors`` of
@@ -41,15 +45,15 @@ logger = logging.getLogger(__name__)
 MATCH_TOLERANCE = 1e-3
 
 
-#: post-stimulus interval whose attention is compared with the baseline, s from the event
-ATTENTION_WINDOW = (0.0, 0.2)
+#: interval after the event in which the evoked peak is searched for, s
+PEAK_SEARCH_WINDOW = (0.0, 0.3)
 
 
 def post_stimulus_patches(
     num_patches: int,
     patch_duration: float,
     tmin: float,
-    window: tuple[float, float] = ATTENTION_WINDOW,
+    window: tuple[float, float] = PEAK_SEARCH_WINDOW,
 ) -> np.ndarray:
     """Patches of an event-locked window that start within ``window`` after the event.
 
@@ -71,6 +75,53 @@ def post_stimulus_patches(
     starts = tmin + patch_duration * np.arange(num_patches)
     selected = (starts >= window[0] - 1e-9) & (starts < window[1] - 1e-9)
     return selected if selected.any() else np.ones(num_patches, dtype=bool)
+
+
+def evoked_peak_patch(
+    signals: np.ndarray,
+    types: np.ndarray,
+    valid: np.ndarray,
+    patch_length: int,
+    candidates: np.ndarray,
+    baseline: np.ndarray | None = None,
+) -> int:
+    """The candidate patch where the evoked response of a set of windows is strongest.
+
+    Parameters
+    ----------
+    signals : np.ndarray, shape (N, S, T)
+        Event-locked input windows of one condition.
+    types : np.ndarray of int, shape (S,)
+        Sensor type codes; each type's power is taken relative to its strongest patch, so that
+        types of different units weigh the same.
+    valid : np.ndarray of bool, shape (N, S)
+        Valid sensors of every window.
+    patch_length : int
+        Samples per patch; ``T`` is a multiple of it.
+    candidates : np.ndarray of bool, shape (P,)
+        Patches that may hold the peak (:func:`post_stimulus_patches`).
+    baseline : np.ndarray of bool, shape (P,), optional
+        Pre-stimulus patches whose mean is subtracted from every sensor first.
+
+    Returns
+    -------
+    patch : int
+        Index of the peak patch.
+    """
+    weights = valid[:, :, None].astype(np.float64)
+    count = weights.sum(axis=0)
+    evoked = (signals * weights).sum(axis=0) / np.clip(count, 1.0, None)  # (S, T)
+    num_patches = evoked.shape[1] // patch_length
+    patches = evoked.reshape(evoked.shape[0], num_patches, patch_length)
+    if baseline is not None and baseline.any():
+        patches = patches - patches[:, baseline].mean(axis=(1, 2))[:, None, None]
+    sensors = count[:, 0] > 0
+    power = np.zeros(num_patches)
+    for code in np.unique(types[sensors]):
+        rms = np.sqrt((patches[sensors & (types == code)] ** 2).mean(axis=(0, 2)))
+        power += rms / max(float(rms[candidates].max()), 1e-30)
+    chosen = np.flatnonzero(candidates)
+    return int(chosen[np.argmax(power[chosen])])
 
 
 def baseline_patches(num_patches: int, patch_duration: float, tmin: float) -> np.ndarray:
@@ -312,8 +363,9 @@ __all__ = [
     "parse_region",
     "post_stimulus_patches",
     "baseline_patches",
+    "evoked_peak_patch",
     "induced_map",
-    "ATTENTION_WINDOW",
+    "PEAK_SEARCH_WINDOW",
     "regions_from_ground_truth",
     "shuffled_null",
 ]

@@ -316,19 +316,32 @@ def evaluate_model(
         )
     else:
         num_patches = inference.attention.shape[1]
-        post_patches = attn.post_stimulus_patches(
-            num_patches, model.config.patch_duration, data.tmin
-        )
-        baseline = attn.baseline_patches(num_patches, model.config.patch_duration, data.tmin)
+        patch_duration = model.config.patch_duration
+        candidates = attn.post_stimulus_patches(num_patches, patch_duration, data.tmin)
+        baseline = attn.baseline_patches(num_patches, patch_duration, data.tmin)
         maps = {}
+        peaks: dict[str, list[float]] = {}
         for condition in sorted(set(window_conditions), key=lambda c: (c == REST, c)):
-            chosen = inference.attention[window_conditions == condition]
+            rows = window_conditions == condition
+            chosen = inference.attention[rows]
             if condition == REST:
                 maps[condition] = attn.condition_map(chosen, np.ones(num_patches, bool))
-            elif baseline.any():
-                maps[condition] = attn.induced_map(chosen, post_patches, baseline)
+                continue
+            peak = attn.evoked_peak_patch(
+                windows.signals[rows],
+                windows.types,
+                windows.valid[rows],
+                model.config.patch_length,
+                candidates,
+                baseline,
+            )
+            start = data.tmin + peak * patch_duration
+            peaks[condition] = [round(start, 6), round(start + patch_duration, 6)]
+            post = np.arange(num_patches) == peak
+            if baseline.any():
+                maps[condition] = attn.induced_map(chosen, post, baseline)
             else:
-                maps[condition] = attn.condition_map(chosen, post_patches)
+                maps[condition] = attn.condition_map(chosen, post)
         regions: dict[str, np.ndarray] = {}
         if region is not None:
             shared = attn.parse_region(region, names, len(windows.types))
@@ -359,6 +372,8 @@ def evaluate_model(
             )
             section[condition]["n_region_sensors"] = int(region_indices.size)
             section[condition]["n_windows"] = int((window_conditions == condition).sum())
+            if condition in peaks:
+                section[condition]["peak_patch_s"] = peaks[condition]
         if section:
             metrics["attention"] = section
             figures["attention_alignment"] = plots.plot_alignment(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,13 @@ def _reconstruction_claim(metrics: Mapping) -> list[str]:
         verdict = "not supported: spatial interpolation reconstructs evoked responses better"
     baseline_text = ", ".join(f"{n} {_f(v)}" for n, v in baselines.items())
     return ["masked MEG reconstruction (evoked NMSE)", _f(model), baseline_text, verdict]
+
+
+def _patch(interval: Sequence[float] | None) -> str:
+    """A patch's interval in seconds from the event, or "all" for maps over every patch."""
+    if interval is None:
+        return "all"
+    return f"{interval[0]:+.2f} to {interval[1]:+.2f} s"
 
 
 def _attention_claim(metrics: Mapping) -> list[str]:
@@ -223,11 +230,13 @@ def write_report(metrics: Mapping, output_dir: str | Path, *, mask_folds: int, t
                 f"[{_f(v['null_ci95'][0])}, {_f(v['null_ci95'][1])}]",
                 f"{v['p_value']:.3g}",
                 v["n_region_sensors"],
+                _patch(v.get("peak_patch_s")),
             ]
             for condition, v in metrics["attention"].items()
         ]
         lines += _table(
-            ["condition", "alignment", "null mean", "null 95%", "p", "expected sensors"], rows
+            ["condition", "alignment", "null mean", "null 95%", "p", "expected sensors", "patch"],
+            rows,
         )
         lines += [""]
     lines += _figure(metrics, "attention_topomaps", "attention topomaps per condition")
