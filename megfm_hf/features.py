@@ -1,0 +1,160 @@
+"""Features of whole recordings: read, preprocess, window and encode, a batch at a time.
+
+``model(**processor(path))`` encodes every window of a recording in one pass, which for an
+hour of 306-sensor MEG needs tens of gigabytes of activations. :func:`extract_features` holds one
+batch of windows at a time instead, shows progress, and returns one feature vector per window
+with where each window lies in the recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.processor import MEGProcessor, ProcessedRecording, Source
+from .modeling.modeling_megfm import MEGModel, MEGPreTrainedModel
+
+
+@dataclass
+class RecordingFeatures:
+    """Features of the windows of one recording.
+
+    Attributes
+    ----------
+    pooled : np.ndarray, shape (n_windows, hidden_size), float32
+        The model's ``pooler_output`` of every window.
+    onsets_s : np.ndarray, shape (n_windows,)
+        Start of every window, s (from the start of a continuous recording, from the event for
+        epochs and evoked responses).
+    events : list of str
+        Event name of every window (``""`` for fixed-length windows).
+    tokens : np.ndarray, shape (n_windows, n_sensors, n_patches, hidden_size), optional
+        ``last_hidden_state`` of every window, with ``return_tokens=True``.
+    """
+
+    pooled: np.ndarray
+    onsets_s: np.ndarray
+    events: list[str]
+    tokens: np.ndarray | None = None
+
+
+def _encoder(model: MEGPreTrainedModel) -> MEGModel:
+    if isinstance(model, MEGModel):
+        return model
+    encoder = getattr(model, getattr(model, "base_model_prefix", "megfm"), None)
+    if not isinstance(encoder, MEGModel):
+        raise TypeError(
+            f"extract_features needs a megfm model (MEGModel or a model with a `megfm` encoder), "
+            f"got {type(model).__name__}"
+        )
+    return encoder
+
+
+@torch.inference_mode()
+def extract_features(
+    model: MEGPreTrainedModel,
+    processor: MEGProcessor,
+    source: Source | ProcessedRecording,
+    *,
+    batch_size: int = 8,
+    event_id: Mapping[str, int] | Sequence[str] | None = None,
+    mode: str | None = None,
+    return_tokens: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> RecordingFeatures:
+    """Encode every window of a recording with a megfm model.
+
+    Parameters
+    ----------
+    model : MEGModel | MEGForMaskedSignalModeling | MEGForSequenceClassification
+        Its encoder is used, in evaluation mode, on the device its weights are on.
+    processor : MEGProcessor
+        The model's processor (``MEGProcessor.from_pretrained(model_dir)``).
+    source : path | Raw | Epochs | Evoked | list of Evoked | ProcessedRecording
+        A recording, or one already processed with ``processor.process``.
+    batch_size : int
+        Windows per forward pass; memory grows with it.
+    event_id, mode
+        Window choice, as in :meth:`MEGProcessor.process`. Every window is kept (no
+        peak-to-peak rejection), so features line up with the recording.
+    return_tokens : bool
+        Also return the features of every (sensor, patch), which is
+        ``n_sensors * n_patches`` times larger.
+    autocast_dtype : torch.dtype, optional
+        Run under ``torch.autocast`` in this dtype (``torch.bfloat16`` on GPUs that have it).
+    progress : bool
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    features : RecordingFeatures
+
+    Raises
+    ------
+    ValueError
+        When the processor's windows do not fit the model (sampling rate, patch length).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    encoder = _encoder(model)
+    processor.check_model_config(encoder.config)
+    if isinstance(source, ProcessedRecording):
+        processed = source
+    else:
+        processed = processor.process(source, event_id=event_id, mode=mode, reject=False)
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    sensors = processed.sensors
+    positions = torch.as_tensor(sensors.positions, dtype=torch.float32, device=device)
+    types = torch.as_tensor(sensors.types, dtype=torch.long, device=device)
+    valid = torch.as_tensor(processed.sensor_mask, dtype=torch.bool, device=device)
+
+    pooled = np.zeros((len(processed), encoder.config.hidden_size), dtype=np.float32)
+    tokens: np.ndarray | None = None
+    context: Any = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else torch.autocast(device.type, enabled=False)
+    )
+    total = -(-len(processed) // batch_size)
+    try:
+        for indices, windows in tqdm(
+            processed.iter_batches(batch_size),
+            total=total,
+            desc="features",
+            unit="batch",
+            disable=not progress,
+        ):
+            count = len(indices)
+            with context:
+                output = encoder(
+                    input_values=torch.from_numpy(windows).to(device),
+                    sensor_positions=positions.expand(count, -1, -1),
+                    sensor_types=types.expand(count, -1),
+                    sensor_mask=valid.expand(count, -1),
+                    return_dict=True,
+                )
+            pooled[indices] = output.pooler_output.float().cpu().numpy()
+            if return_tokens:
+                states = output.last_hidden_state.float().cpu().numpy()
+                if tokens is None:
+                    tokens = np.zeros((len(processed), *states.shape[1:]), dtype=np.float32)
+                tokens[indices] = states
+    finally:
+        encoder.train(was_training)
+    return RecordingFeatures(
+        pooled=pooled,
+        onsets_s=np.asarray(processed.plan.onsets_s, dtype=np.float64),
+        events=list(processed.plan.events),
+        tokens=tokens,
+    )
+
+
+__all__ = ["RecordingFeatures", "extract_features"]

@@ -1,0 +1,76 @@
+"""``extract_features``: whole recordings encoded a batch at a time."""
+
+from __future__ import annotations
+
+import mne
+import numpy as np
+import pytest
+import torch
+
+from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
+from megfm_hf.data import MEGProcessor
+from megfm_hf.features import extract_features
+
+RECORDING = "neuromag306/141027_cropped_90Hz_raw.fif"  # 10 s, empty room
+EVOKED = "neuromag306-audvis-evoked/test-ave.fif.gz"  # 4 averages, -0.2 to 0.5 s
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    torch.manual_seed(0)
+    config = MEGConfig(
+        sampling_rate=100.0, patch_length=10, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, num_latents=4, decoder_hidden_size=16,
+    )  # fmt: skip
+    processor = MEGProcessor.from_model_config(config, window_seconds=1.0, l_freq=1.0)
+    return MEGModel(config), processor
+
+
+def test_features_of_a_real_recording_match_one_pass(meg_data_dir, model_and_processor):
+    model, processor = model_and_processor
+    path = meg_data_dir / RECORDING
+    model.train()  # extract_features evaluates, then restores the mode
+    features = extract_features(model, processor, path, batch_size=3, progress=False)
+    assert model.training
+
+    inputs = processor(path, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).pooler_output.numpy()
+    assert features.pooled.shape == expected.shape == (len(inputs["input_values"]), 32)
+    np.testing.assert_allclose(features.pooled, expected, rtol=1e-4, atol=1e-5)
+    # 1-s windows tile the recording from its start
+    np.testing.assert_allclose(features.onsets_s, np.arange(len(expected)), atol=1e-6)
+    assert features.events == [""] * len(expected)
+    assert features.tokens is None
+
+
+def test_tokens_of_evoked_responses(meg_data_dir, model_and_processor):
+    model, processor = model_and_processor
+    evoked = mne.read_evokeds(meg_data_dir / EVOKED, verbose="error")
+    processed = MEGProcessor.from_model_config(model.config, window_seconds=0.5, tmin=-0.2).process(
+        evoked, reject=False
+    )
+    pretraining = MEGForMaskedSignalModeling(model.config)
+    pretraining.megfm.load_state_dict(model.state_dict())
+    features = extract_features(
+        pretraining, processor, processed, batch_size=3, return_tokens=True, progress=False
+    )
+    assert len(features.pooled) == len(evoked) == 4
+    np.testing.assert_allclose(features.onsets_s, -0.2, atol=0.02)
+    assert features.tokens.shape == (4, processed.sensors.n_sensors, 5, 32)
+    # the pooled vector of every window is the mean of its valid sensors' tokens
+    valid = processed.sensor_mask
+    np.testing.assert_allclose(
+        features.tokens[:, valid].mean(axis=(1, 2)), features.pooled, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_mismatched_processor_and_other_models_are_refused(meg_data_dir, model_and_processor):
+    model, _ = model_and_processor
+    with pytest.raises(ValueError, match="does not match the model"):
+        extract_features(model, MEGProcessor(), meg_data_dir / RECORDING, progress=False)
+    with pytest.raises(TypeError, match="needs a megfm model"):
+        extract_features(torch.nn.Linear(2, 2), MEGProcessor(), meg_data_dir / RECORDING)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_features(model, MEGProcessor(), meg_data_dir / RECORDING, batch_size=0)
