@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "megfm_hf.evaluation.cli",
         "evaluate a pretrained model: reconstruction, attention maps, classification",
     ),
+    "features": ("megfm_hf.inference.cli", "one feature vector per window of MEG recordings"),
     "card": ("megfm_hf.hub.card_cli", "write the model card (README.md) of a saved model"),
     "push": ("megfm_hf.hub.cli", "publish a saved model (and its dataset) to the Hugging Face Hub"),
     "demo": ("megfm_hf.demo", "the whole journey on a simulated cohort, with a report"),

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
+from megfm_hf.cli import main
 from megfm_hf.data import MEGProcessor
-from megfm_hf.features import extract_features
+from megfm_hf.inference import extract_features
 
 RECORDING = "neuromag306/141027_cropped_90Hz_raw.fif"  # 10 s, empty room
 EVOKED = "neuromag306-audvis-evoked/test-ave.fif.gz"  # 4 averages, -0.2 to 0.5 s
@@ -74,3 +75,40 @@ def test_mismatched_processor_and_other_models_are_refused(meg_data_dir, model_a
         extract_features(torch.nn.Linear(2, 2), MEGProcessor(), meg_data_dir / RECORDING)
     with pytest.raises(ValueError, match="batch_size"):
         extract_features(model, MEGProcessor(), meg_data_dir / RECORDING, batch_size=0)
+
+
+def test_features_command_writes_one_file_per_recording(
+    meg_data_dir, model_and_processor, tmp_path
+):
+    model, processor = model_and_processor
+    folder = tmp_path / "model"
+    MEGForMaskedSignalModeling(model.config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    recording = meg_data_dir / RECORDING
+    output = tmp_path / "features"
+    code = main(["features", "--model", str(folder), "--output", str(output), "--no-progress",
+                 "--tokens", str(recording)])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in output.iterdir()) == ["141027_cropped_90Hz_raw.npz"]
+    saved = np.load(output / "141027_cropped_90Hz_raw.npz")
+    reference = extract_features(
+        MEGModel.from_pretrained(folder), processor, recording, progress=False
+    )
+    np.testing.assert_allclose(saved["pooled"], reference.pooled, rtol=1e-5, atol=1e-6)
+    assert saved["tokens"].shape[:2] == (len(reference.pooled), 306)
+    assert list(saved["events"]) == reference.events
+
+
+def test_features_command_names_what_is_missing(
+    meg_data_dir, model_and_processor, tmp_path, capsys
+):
+    model, _ = model_and_processor
+    folder = tmp_path / "model"
+    MEGModel(model.config).save_pretrained(folder)
+    args = ["features", "--model", str(folder), "--output", str(tmp_path / "out")]
+    assert main([*args, str(meg_data_dir / RECORDING)]) == 1
+    assert "preprocessor_config.json" in capsys.readouterr().err
+    MEGProcessor.from_model_config(model.config).save_pretrained(folder)
+    assert main([*args, str(tmp_path / "absent.fif")]) == 1
+    assert "absent.fif" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,29 @@ class EvaluationData:
         return sorted({str(label) for label in self.labels if label})
 
 
+def check_model_folder(model_dir: str | Path) -> Path:
+    """Return the folder of a saved model, or raise naming the file it lacks.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder, its ``config.json`` or its weights are missing.
+    """
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {str(folder)!r} does not exist")
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} has no {CONFIG_FILE}; expected a save_pretrained folder"
+        )
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} has no weights: expected {WEIGHT_FILES[0]} "
+            f"(or {WEIGHT_FILES[1]} for sharded weights)"
+        )
+    return folder
+
+
 def load_model(
     model_dir: str | Path, device: str | torch.device = "cpu"
 ) -> MEGForMaskedSignalModeling:
@@ -104,18 +127,7 @@ def load_model(
     FileNotFoundError
         When the folder, its ``config.json`` or its weights are missing.
     """
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {str(folder)!r} does not exist")
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"model folder {str(folder)!r} has no {CONFIG_FILE}; expected a save_pretrained folder"
-        )
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(
-            f"model folder {str(folder)!r} has no weights: expected {WEIGHT_FILES[0]} "
-            f"(or {WEIGHT_FILES[1]} for sharded weights)"
-        )
+    folder = check_model_folder(model_dir)
     model, info = MEGForMaskedSignalModeling.from_pretrained(folder, output_loading_info=True)
     missing = [key for key in info.get("missing_keys", []) if key.startswith("decoder.")]
     model.decoder_loaded = not missing
@@ -284,6 +296,7 @@ def select_subjects(
 __all__ = [
     "EvaluationData",
     "check_compatibility",
+    "check_model_folder",
     "load_evaluation_data",
     "load_model",
     "select_subjects",

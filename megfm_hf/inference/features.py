@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.processor import MEGProcessor, ProcessedRecording, Source
-from .modeling.modeling_megfm import MEGModel, MEGPreTrainedModel
+from ..data.processor import MEGProcessor, ProcessedRecording, Source
+from ..modeling.modeling_megfm import MEGModel, MEGPreTrainedModel
 
 
 @dataclass
