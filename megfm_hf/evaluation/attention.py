@@ -77,6 +77,20 @@ def post_stimulus_patches(
     return selected if selected.any() else np.ones(num_patches, dtype=bool)
 
 
+def _evoked_patches(
+    signals: np.ndarray, valid: np.ndarray, patch_length: int, baseline: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline-corrected average of windows, cut into patches: (S, P, patch_length), and the
+    sensors valid in at least one window."""
+    weights = valid[:, :, None].astype(np.float64)
+    count = weights.sum(axis=0)
+    evoked = (signals * weights).sum(axis=0) / np.clip(count, 1.0, None)  # (S, T)
+    patches = evoked.reshape(evoked.shape[0], evoked.shape[1] // patch_length, patch_length)
+    if baseline is not None and baseline.any():
+        patches = patches - patches[:, baseline].mean(axis=(1, 2))[:, None, None]
+    return patches, count[:, 0] > 0
+
+
 def evoked_peak_patch(
     signals: np.ndarray,
     types: np.ndarray,
@@ -108,20 +122,54 @@ def evoked_peak_patch(
     patch : int
         Index of the peak patch.
     """
-    weights = valid[:, :, None].astype(np.float64)
-    count = weights.sum(axis=0)
-    evoked = (signals * weights).sum(axis=0) / np.clip(count, 1.0, None)  # (S, T)
-    num_patches = evoked.shape[1] // patch_length
-    patches = evoked.reshape(evoked.shape[0], num_patches, patch_length)
-    if baseline is not None and baseline.any():
-        patches = patches - patches[:, baseline].mean(axis=(1, 2))[:, None, None]
-    sensors = count[:, 0] > 0
-    power = np.zeros(num_patches)
+    patches, sensors = _evoked_patches(signals, valid, patch_length, baseline)
+    power = np.zeros(patches.shape[1])
     for code in np.unique(types[sensors]):
         rms = np.sqrt((patches[sensors & (types == code)] ** 2).mean(axis=(0, 2)))
         power += rms / max(float(rms[candidates].max()), 1e-30)
     chosen = np.flatnonzero(candidates)
     return int(chosen[np.argmax(power[chosen])])
+
+
+def strongest_sensors(
+    signals: np.ndarray,
+    types: np.ndarray,
+    valid: np.ndarray,
+    patch_length: int,
+    patch: int,
+    baseline: np.ndarray | None = None,
+    top_k: int = 10,
+) -> np.ndarray:
+    """The sensors of each type where a condition's evoked field is strongest at a patch.
+
+    The expected region of a condition on real recordings, which have no simulated ground
+    truth: like the simulator's ``top_sensors``, the ``top_k`` sensors of every type with the
+    largest evoked field (root mean square over the patch of the baseline-corrected average of
+    the windows). It is read from the input signals, never from the model.
+
+    Parameters
+    ----------
+    signals, types, valid, patch_length, baseline
+        As in :func:`evoked_peak_patch`.
+    patch : int
+        The patch to read the field at (:func:`evoked_peak_patch`).
+    top_k : int
+        Sensors per type.
+
+    Returns
+    -------
+    region : np.ndarray of int
+        Sorted sensor indices.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1")
+    patches, sensors = _evoked_patches(signals, valid, patch_length, baseline)
+    amplitude = np.sqrt((patches[:, patch] ** 2).mean(axis=1))
+    region = []
+    for code in np.unique(types[sensors]):
+        members = np.flatnonzero(sensors & (types == code))
+        region.extend(members[np.argsort(-amplitude[members], kind="stable")[:top_k]])
+    return np.array(sorted(region), dtype=np.int64)
 
 
 def baseline_patches(num_patches: int, patch_duration: float, tmin: float) -> np.ndarray:
@@ -368,4 +416,5 @@ __all__ = [
     "PEAK_SEARCH_WINDOW",
     "regions_from_ground_truth",
     "shuffled_null",
+    "strongest_sensors",
 ]

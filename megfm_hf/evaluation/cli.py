@@ -33,7 +33,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--region",
         default=None,
-        help="expected sensors for every condition: indices or channel names, comma-separated",
+        help="expected sensors for every condition: indices or channel names, comma-separated; "
+        "or 'strongest[:K]': the K sensors per type (default 10) of each condition's strongest "
+        "evoked field",
     )
     parser.add_argument(
         "--max-windows", type=int, default=40,

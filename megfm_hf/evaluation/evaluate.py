@@ -66,6 +66,20 @@ def _layouts(data: EvaluationData) -> np.ndarray:
     return np.array([layout_key(p, t) for p, t in zip(positions, types, strict=True)])
 
 
+def _strongest_count(region: str | Sequence[str | int] | None) -> int | None:
+    """Sensors per type of ``region="strongest[:K]"`` (10 by default); None for other regions."""
+    if not isinstance(region, str) or not region.strip().lower().startswith("strongest"):
+        return None
+    _, _, count = region.strip().partition(":")
+    try:
+        value = int(count) if count else 10
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"region {region!r}: expected 'strongest' or 'strongest:K' with K >= 1")
+    return value
+
+
 def _finite(value: Any) -> Any:
     """JSON-safe copy: NaN and Inf become None, numpy scalars become Python numbers."""
     if isinstance(value, dict):
@@ -133,8 +147,11 @@ def evaluate_model(
         ``derivatives/ground_truth.json`` of a simulated cohort: expected attention regions;
         channel names are read from a recording of the same BIDS folder.
     region : str | sequence, optional
-        Expected sensors (indices or channel names) for every condition, for data without
-        ground truth. Without either, the alignment test is skipped.
+        For data without ground truth: expected sensors (indices or channel names) for every
+        condition, or ``"strongest"`` / ``"strongest:K"`` for the K (default 10) sensors of each
+        type where each condition's evoked field is strongest at its peak patch (read from the
+        held-out input windows, never from the model). Without a region or ground truth the
+        alignment test is skipped.
     max_windows : int, optional
         Cap on windows per subject and condition (None: all).
     seed : int
@@ -166,6 +183,7 @@ def evaluate_model(
         A dataset the model cannot take (sampling rate, window length), or unknown subjects.
     """
     start = time.perf_counter()
+    _strongest_count(region)  # a malformed region fails before any work
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -320,7 +338,7 @@ def evaluate_model(
         candidates = attn.post_stimulus_patches(num_patches, patch_duration, data.tmin)
         baseline = attn.baseline_patches(num_patches, patch_duration, data.tmin)
         maps = {}
-        peaks: dict[str, list[float]] = {}
+        peaks: dict[str, int] = {}
         for condition in sorted(set(window_conditions), key=lambda c: (c == REST, c)):
             rows = window_conditions == condition
             chosen = inference.attention[rows]
@@ -335,21 +353,37 @@ def evaluate_model(
                 candidates,
                 baseline,
             )
-            start = data.tmin + peak * patch_duration
-            peaks[condition] = [round(start, 6), round(start + patch_duration, 6)]
+            peaks[condition] = peak
             post = np.arange(num_patches) == peak
             if baseline.any():
                 maps[condition] = attn.induced_map(chosen, post, baseline)
             else:
                 maps[condition] = attn.condition_map(chosen, post)
         regions: dict[str, np.ndarray] = {}
-        if region is not None:
+        strongest = _strongest_count(region)
+        if strongest is not None:
+            region_source = f"strongest evoked field at the peak patch ({strongest} per type)"
+            regions = {
+                c: attn.strongest_sensors(
+                    windows.signals[window_conditions == c],
+                    windows.types,
+                    windows.valid[window_conditions == c],
+                    model.config.patch_length,
+                    peak,
+                    baseline,
+                    top_k=strongest,
+                )
+                for c, peak in peaks.items()
+            }
+        elif region is not None:
+            region_source = "given (--region)"
             shared = attn.parse_region(region, names, len(windows.types))
             regions = dict.fromkeys(maps, shared)
         elif ground_truth is not None:
             if names is None:
                 skipped["attention_alignment"] = f"sensor names unavailable: {names_problem}"
             else:
+                region_source = "simulated ground truth (top_sensors)"
                 truth = attn.regions_from_ground_truth(ground_truth, names)
                 regions = {
                     c: truth[REST_TRUTH if c == REST else c]
@@ -358,7 +392,8 @@ def evaluate_model(
                 }
         else:
             skipped["attention_alignment"] = (
-                "no expected region: pass --ground-truth (simulated cohort) or --region"
+                "no expected region: pass --ground-truth (simulated cohort) or --region "
+                "(sensors, or 'strongest' for those of the strongest evoked field)"
             )
         section = {}
         for condition, region_indices in regions.items():
@@ -371,9 +406,15 @@ def evaluate_model(
                 seed=seed,
             )
             section[condition]["n_region_sensors"] = int(region_indices.size)
+            section[condition]["region_sensors"] = [int(i) for i in region_indices]
+            section[condition]["region_source"] = region_source
             section[condition]["n_windows"] = int((window_conditions == condition).sum())
             if condition in peaks:
-                section[condition]["peak_patch_s"] = peaks[condition]
+                start = data.tmin + peaks[condition] * patch_duration
+                section[condition]["peak_patch_s"] = [
+                    round(start, 6),
+                    round(start + patch_duration, 6),
+                ]
         if section:
             metrics["attention"] = section
             figures["attention_alignment"] = plots.plot_alignment(
