@@ -46,6 +46,17 @@ def test_features_of_a_real_recording_match_one_pass(meg_data_dir, model_and_pro
     assert features.tokens is None
 
 
+def test_compiled_features_match_eager(meg_data_dir, model_and_processor):
+    model, processor = model_and_processor
+    processed = processor.process(meg_data_dir / RECORDING, reject=False)
+    assert len(processed) % 4, "the last batch must be partial for this test"
+    eager = extract_features(model, processor, processed, batch_size=4, progress=False)
+    compiled = extract_features(
+        model, processor, processed, batch_size=4, torch_compile=True, progress=False
+    )
+    np.testing.assert_allclose(compiled.pooled, eager.pooled, rtol=1e-4, atol=1e-5)
+
+
 def test_tokens_of_evoked_responses(meg_data_dir, model_and_processor):
     model, processor = model_and_processor
     evoked = mne.read_evokeds(meg_data_dir / EVOKED, verbose="error")

@@ -45,10 +45,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--tokens", action="store_true", help="also save per-(sensor, patch) features"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=2,
+        help="windows per forward pass (default 2, fastest on CPUs; larger on GPUs)",
+    )  # fmt: skip
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32",
         help="autocast precision (bfloat16 on GPUs that have it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the encoder first (tens of seconds; faster for long recordings)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 event_id=args.events,
                 return_tokens=args.tokens,
                 autocast_dtype=DTYPES[args.dtype],
+                torch_compile=args.compile,
                 progress=not args.no_progress,
             )
             path = save_features(features, output / f"{_output_name(recording, taken)}.npz")

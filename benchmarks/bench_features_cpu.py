@@ -1,0 +1,198 @@
+"""Features for an hour of 306-sensor MEG on this machine's CPU, end to end, against a target.
+
+A user without a GPU runs ``megfm features`` (or :func:`megfm_hf.inference.extract_features`)
+on a recording. This benchmark writes a synthetic Vectorview-like FIF recording (306 sensors +
+stim at 1000 Hz, ``--minutes`` long), then times, with the default model (``MEGConfig()``: latent
+attention, width 256 x 8 layers, 250 Hz, patches of 25 samples) and its default processor
+(0.5-100 Hz band-pass, notch, 250 Hz, 4-s windows):
+
+- **preprocessing**: ``MEGProcessor.process`` (read, filter, resample, scale, window);
+- **features**: ``extract_features`` over every window, in float32 and under bfloat16 autocast,
+  for each of ``--batch-sizes`` (on a CPU small batches are faster per window: the
+  intermediate tensors of large ones outgrow the caches and the allocator's reuse), and with
+  ``torch.compile`` at ``--compile-batch-size`` (its compilation time is added to the total),
+
+and scales both to one hour of recording (900 windows of 4 s). Every row also gives the mean
+cosine similarity of its features to the float32 eager ones. The target is one hour in at most
+5 minutes on 2 cores. Weights are random: speed does not depend on them.
+
+    python benchmarks/bench_features_cpu.py [--minutes 5] [--batch-sizes 1 2 4 8] [--threads 2]
+
+Prints a table and writes ``benchmarks/results/features_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import mne
+import numpy as np
+import torch
+import transformers
+
+from megfm_hf import MEGConfig, MEGModel
+from megfm_hf.data import MEGProcessor
+from megfm_hf.data.processor import ProcessedRecording
+from megfm_hf.data.testing import make_raw, write_raw
+from megfm_hf.inference import extract_features
+
+RESULTS = Path(__file__).parent / "results" / "features_cpu.json"
+TARGET_SECONDS_PER_HOUR = 300.0
+PRECISIONS = (("float32", None), ("bfloat16", torch.bfloat16))
+
+
+def _cosine(features: np.ndarray, reference: np.ndarray) -> float:
+    """Mean cosine similarity of each window's features to the float32 eager ones."""
+    dot = (features * reference).sum(axis=1)
+    norms = np.linalg.norm(features, axis=1) * np.linalg.norm(reference, axis=1)
+    return float(np.mean(dot / np.clip(norms, 1e-12, None)))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _first(processed: ProcessedRecording, count: int) -> ProcessedRecording:
+    """The first ``count`` windows of a processed recording (for warm-up)."""
+    keep = np.zeros(len(processed), dtype=bool)
+    keep[:count] = True
+    return dataclasses.replace(processed, plan=processed.plan.select(keep))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the recording")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--compile-batch-size", type=int, default=2, help="batch of compiled runs")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    mne.set_log_level("ERROR")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory(prefix="megfm-bench-") as workdir:
+        raw = make_raw(n_sites=102, sfreq=1000.0, duration=args.minutes * 60.0, seed=0)
+        path = write_raw(raw, Path(workdir) / "recording_raw.fif")
+        del raw
+        config = MEGConfig()
+        model = MEGModel(config).eval()
+        processor = MEGProcessor.from_model_config(config)
+
+        start = time.perf_counter()
+        processed = processor.process(path, reject=False)
+        preprocess_s = time.perf_counter() - start
+        n_windows = len(processed)
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        print(
+            f"one hour of 306-sensor MEG (scaled from {args.minutes:g} min, {n_windows} windows "
+            f"of 4 s), default model ({parameters:.1f} M parameters), {args.threads} threads"
+        )
+        print(
+            f"{'precision':<18} {'batch':>6} {'windows/s':>10} {'cosine':>7} {'preprocess s/h':>15} "
+            f"{'features s/h':>13} {'total s/h':>10} {'target 300 s':>13}"
+        )
+
+        rows = []
+        scale = 60.0 / args.minutes
+        runs = [
+            (name, dtype, batch, False) for name, dtype in PRECISIONS for batch in args.batch_sizes
+        ]
+        runs += [(name, dtype, args.compile_batch_size, True) for name, dtype in PRECISIONS]
+        reference = None
+        for name, dtype, batch_size, compiled in runs:
+            # one untimed batch first (warm-up; for compiled runs, the compilation)
+            start = time.perf_counter()
+            extract_features(
+                model, processor, _first(processed, batch_size), batch_size=batch_size,
+                autocast_dtype=dtype, torch_compile=compiled, progress=False,
+            )  # fmt: skip
+            compile_s = time.perf_counter() - start if compiled else 0.0
+            start = time.perf_counter()
+            features = extract_features(
+                model, processor, processed, batch_size=batch_size, autocast_dtype=dtype,
+                torch_compile=compiled, progress=False,
+            )  # fmt: skip
+            features_s = time.perf_counter() - start
+            reference = features.pooled if reference is None else reference
+            total = (preprocess_s + features_s) * scale + compile_s
+            rows.append(
+                {
+                    "precision": name,
+                    "batch_size": batch_size,
+                    "compiled": compiled,
+                    "compile_s": compile_s,
+                    "cosine_to_float32": _cosine(features.pooled, reference),
+                    "windows": n_windows,
+                    "features_windows_per_s": n_windows / features_s,
+                    "preprocess_s_per_hour": preprocess_s * scale,
+                    "features_s_per_hour": features_s * scale,
+                    "total_s_per_hour": total,
+                    "meets_target": total <= TARGET_SECONDS_PER_HOUR,
+                }
+            )
+            print(
+                f"{name + (' compiled' if compiled else ''):<18} {batch_size:>6} "
+                f"{n_windows / features_s:>10.2f} {_cosine(features.pooled, reference):>7.4f} "
+                f"{preprocess_s * scale:>15.1f} {features_s * scale:>13.1f} {total:>10.1f} "
+                f"{'met' if total <= TARGET_SECONDS_PER_HOUR else 'missed':>13}",
+                flush=True,
+            )
+
+    record = {
+        "benchmark": "features_cpu",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": {
+            "kind": "cpu",
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "platform": platform.platform(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "mne": mne.__version__,
+        },
+        "settings": {
+            "minutes": args.minutes,
+            "batch_sizes": args.batch_sizes,
+            "model": {
+                k: getattr(config, k)
+                for k in (
+                    "attention_mode",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_latents",
+                    "sampling_rate",
+                    "patch_length",
+                )
+            },
+            "window_seconds": processor.window_seconds,
+            "target_s_per_hour": TARGET_SECONDS_PER_HOUR,
+        },
+        "results": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
