@@ -46,7 +46,9 @@ class DemoSettings:
     """
 
     subjects: int = 10
-    duration: float = 30.0
+    #: 40 s per run give about 20 stimuli per side, enough for the attention test of every
+    #: condition on the held-out subjects (20 s were not for one somatosensory condition)
+    duration: float = 40.0
     steps: int = 1200
     helmet_positions: int = 40
     seed: int = 0
