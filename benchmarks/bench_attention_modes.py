@@ -8,9 +8,11 @@ Learning: each mode (width 64 x 2 layers) pretrained for the same number of step
 simulated cohort, then masked-reconstruction NMSE per sensor type on held-out subjects with
 the same fixed masks, beside the zeros predictor (NMSE 1).
 
-    python benchmarks/bench_attention_modes.py [--steps 300] [--skip-learning]
+    python benchmarks/bench_attention_modes.py [--steps 300] [--skip-speed] [--skip-learning]
 
-Prints a table and writes ``benchmarks/results/attention_modes_<device>.json``.
+Prints a table and writes ``benchmarks/results/attention_modes_<device>.json``; a section
+skipped in a run is kept from the existing file, with the date and versions it was measured
+with.
 """
 
 from __future__ import annotations
@@ -154,22 +156,34 @@ def learning(steps: int, seed: int = 0) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--skip-learning", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="keep the file's speed figures")
+    parser.add_argument(
+        "--skip-learning", action="store_true", help="keep the file's learning figures"
+    )
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
+    path = RESULTS / f"attention_modes_{device}.json"
+    # A section not measured in this run is kept from the existing file, with its own date.
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    environment = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "device": device,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "forward_seconds_8x306x500_width256x8": speed(),
     }
-    if not args.skip_learning:
-        result["learning_width64x2"] = learning(args.steps)
+    result = {}
+    for section, skip, measure in (
+        ("forward_seconds_8x306x500_width256x8", args.skip_speed, speed),
+        ("learning_width64x2", args.skip_learning, lambda: learning(args.steps)),
+    ):
+        if skip:
+            if section in previous:
+                result[section] = previous[section]
+            continue
+        result[section] = {"measured": environment, "figures": measure()}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"attention_modes_{device}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {path}")
 

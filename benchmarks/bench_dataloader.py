@@ -1,0 +1,181 @@
+"""Can the data loader keep up with training? Windows/s from disk to padded batches.
+
+Writes ``--windows`` windows at the reference shape (306 sensors x 1000 samples, float32) as a
+window dataset (Arrow, as ``megfm build-dataset`` saves it, and its Parquet shards), then times
+one epoch of a ``torch.utils.data.DataLoader`` with ``MEGDataCollator`` (shuffled, batch 32) for
+each number of workers in ``--workers``, from
+
+- the Arrow dataset (``datasets.load_from_disk``, NumPy format: what ``megfm pretrain`` uses);
+- the Parquet shards streamed (``datasets.load_dataset(..., streaming=True)``), for data that
+  does not fit on the local disk.
+
+The target is at least twice the training step rate. Where ``results/training_*.json`` exist,
+every loader rate is set beside the default model's training rate at the same shape
+(``latent``, width 256 x 8, mask ratio 0.5), as the ratio loader / step.
+
+    python benchmarks/bench_dataloader.py [--windows 512] [--workers 0 1 2]
+
+Prints a table and writes ``benchmarks/results/dataloader_cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from megfm_hf import MEGConfig
+from megfm_hf.data.shards import rows_table, window_features
+from megfm_hf.training import MEGDataCollator, load_windows
+
+RESULTS = Path(__file__).parent / "results"
+SENSORS, SAMPLES, BATCH = 306, 1000, 32
+
+
+def write_windows(folder: Path, count: int, shard_size: int = 64) -> tuple[Path, Path]:
+    """Write ``count`` random windows as an Arrow dataset and as Parquet shards."""
+    rng = np.random.default_rng(0)
+    features = window_features(SAMPLES)
+    positions = rng.normal(size=(SENSORS, 6)).astype(np.float32) * 0.1
+    types = np.array([0, 1, 1] * (SENSORS // 3))
+    shards = folder / "parquet"
+    shards.mkdir(parents=True)
+    for index, start in enumerate(range(0, count, shard_size)):
+        n = min(shard_size, count - start)
+        table = rows_table(
+            features,
+            input_values=rng.normal(size=(n, SENSORS, SAMPLES)).astype(np.float32),
+            sensor_positions=positions,
+            sensor_types=types,
+            sensor_mask=np.ones(SENSORS, dtype=bool),
+            sfreq=250.0,
+            onset_s=np.arange(n) * 4.0,
+            strings={
+                "subject": f"s{index:03d}", "session": "", "state": "rest", "label": "",
+                "event": "", "recording": f"r{index:03d}",
+            },
+        )  # fmt: skip
+        pq.write_table(table, shards / f"shard-{index:05d}.parquet", row_group_size=32)
+    arrow = folder / "arrow"
+    datasets.load_dataset(
+        "parquet", data_files=sorted(str(p) for p in shards.glob("*.parquet")), split="train"
+    ).save_to_disk(str(arrow))
+    return arrow, shards
+
+
+def epoch_rate(loader: DataLoader, count: int) -> float:
+    """Windows/s of one pass over ``loader`` after its first batch (worker start-up)."""
+    iterator = iter(loader)
+    seen = len(next(iterator)["input_values"])
+    start = time.perf_counter()
+    for batch in iterator:
+        seen += len(batch["input_values"])
+    elapsed = time.perf_counter() - start
+    return (seen - BATCH) / elapsed if seen > BATCH else float("nan")
+
+
+def training_rates() -> dict[str, float]:
+    """The default model's training windows/s at the reference shape, per results file."""
+    rates = {}
+    for path in sorted(RESULTS.glob("training_*.json")):
+        record = json.loads(path.read_text())
+        settings = record.get("settings", {})
+        for row in record.get("training", []):
+            if (
+                row.get("model") == "megfm" and row.get("mode") == "latent"
+                and row.get("size") == "small" and row.get("mask_ratio") == 0.5
+                and row.get("status") == "ok"
+            ):  # fmt: skip
+                shape = f"{settings.get('sensors')}x{settings.get('samples')}"
+                rates[f"{path.name} ({shape}, batch {settings.get('batch')})"] = row[
+                    "windows_per_s"
+                ]
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=512)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output", type=Path, default=RESULTS / "dataloader_cpu.json")
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    collate = MEGDataCollator(MEGConfig())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="megfm-bench-") as workdir:
+        arrow, shards = write_windows(Path(workdir), args.windows)
+        size_mb = sum(p.stat().st_size for p in shards.glob("*.parquet")) / 1e6
+        print(
+            f"{args.windows} windows of {SENSORS} x {SAMPLES} float32 ({size_mb:.0f} MB of "
+            f"Parquet), batch {BATCH}, MEGDataCollator"
+        )
+        print(f"{'source':<22} {'workers':>7} {'windows/s':>10} {'MB/s':>8}")
+        for workers in args.workers:
+            sources = {
+                "arrow (load_from_disk)": load_windows(arrow).with_format("numpy"),
+                "parquet (streaming)": datasets.load_dataset(
+                    "parquet", data_files=sorted(str(p) for p in shards.glob("*.parquet")),
+                    split="train", streaming=True,
+                ).with_format("numpy").shuffle(seed=0, buffer_size=256),
+            }  # fmt: skip
+            for name, dataset in sources.items():
+                iterable = isinstance(dataset, datasets.IterableDataset)
+                if iterable and workers > dataset.num_shards:
+                    continue
+                loader = DataLoader(
+                    dataset,
+                    batch_size=BATCH,
+                    shuffle=not iterable,
+                    collate_fn=collate,
+                    num_workers=workers,
+                    generator=torch.Generator().manual_seed(0),
+                )
+                rate = epoch_rate(loader, args.windows)
+                mb_s = rate * SENSORS * SAMPLES * 4 / 1e6
+                rows.append(
+                    {"source": name, "workers": workers, "windows_per_s": rate, "mb_per_s": mb_s}
+                )
+                print(f"{name:<22} {workers:>7} {rate:>10.1f} {mb_s:>8.0f}", flush=True)
+
+    steps = training_rates()
+    for label, step_rate in steps.items():
+        best = max(r["windows_per_s"] for r in rows)
+        print(
+            f"training {label}: {step_rate:.2f} windows/s; best loader / step = {best / step_rate:.1f}x"
+        )
+    record = {
+        "benchmark": "dataloader",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": {"kind": "cpu", "cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "datasets": datasets.__version__,
+        },
+        "settings": {
+            "windows": args.windows,
+            "sensors": SENSORS,
+            "samples": SAMPLES,
+            "batch": BATCH,
+        },
+        "results": rows,
+        "training_windows_per_s": steps,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
