@@ -26,7 +26,7 @@ RECORDINGS = [
     ("neuromag122/neuromag122_test_file-raw.fif", "fif", {PLANAR: 122}, "meg", None),
     ("ctf275-fif/test_ctf_comp_raw.fif", "fif", {AXIAL: 274}, "head", None),
     ("ctf275/testdata_ctf_short_discontinuous.ds", "ctf", {AXIAL: 273}, "head", None),
-    ("ctf151-somatosensory/somMDYO-18av.ds", "ctf", {AXIAL: 151}, "head", None),
+    ("ctf151-somatosensory/somMDYO-18av.ds", "ctf", {AXIAL: 151}, "head", 1),  # an average
     ("kit160/Example_RICOH160-1_10020-export_anonymyze.con", "kit", {AXIAL: 160}, "head", None),
     ("kit125/MQKIT_125_2sec.con", "kit", {AXIAL: 125}, "head", None),
     ("kit157/test.sqd", "kit", {AXIAL: 157}, "head", None),

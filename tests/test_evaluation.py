@@ -349,6 +349,34 @@ def test_attention_on_real_evoked_responses(meg_data_dir, tmp_path):
     assert "classification" in metrics["skipped"]
 
 
+@pytest.mark.slow
+def test_attention_on_the_real_somatosensory_average(meg_data_dir, tmp_path):
+    """The averaged CTF-151 somatosensory dataset reads as one evoked response from 0.05 s
+    before the trigger; its alignment is scored against the sensors of its own strongest field,
+    and its topomap is drawn from the CTF sensor positions."""
+    from megfm_hf.data import MEGProcessor, build_dataset
+
+    path = meg_data_dir / "ctf151-somatosensory/somMDYO-18av.ds"
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(f"path\tsubject\tstate\n{path}\ts01\tsomatosensory\n")
+    processor = MEGProcessor(
+        sfreq=100.0, patch_length=10, window_seconds=0.2, tmin=-0.04, l_freq=1.0, h_freq=40.0,
+        reject=None,
+    )  # fmt: skip
+    build_dataset(manifest, tmp_path / "dataset", processor=processor, secret="t")
+    metrics = evaluate_model(
+        _small_model(tmp_path / "model"), tmp_path / "dataset", tmp_path / "out",
+        region="strongest:10", n_permutations=200, progress=False,
+    )  # fmt: skip
+    values = metrics["attention"]["average"]
+    assert values["n_windows"] == 1 and values["n_region_sensors"] == 10
+    assert values["peak_patch_s"] == pytest.approx([0.06, 0.16])
+    assert values["null_ci95"][0] <= values["null_mean"] <= values["null_ci95"][1]
+    assert 0.0 < values["p_value"] <= 1.0
+    image = mpimg.imread(tmp_path / "out" / metrics["figures"]["attention_topomaps"])
+    assert image.std() > 0.02
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

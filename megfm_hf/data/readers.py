@@ -9,7 +9,8 @@ path                                      reader
                                           Vectorview, TRIUX, Neuromag-122, converted
                                           CTF, OPM FIF)
 ``*-ave.fif``, ``*_ave.fif`` (evoked)     :func:`mne.read_evokeds` (one per condition)
-``*.ds`` folder                           :func:`mne.io.read_raw_ctf`
+``*.ds`` folder                           :func:`mne.io.read_raw_ctf`; an averaged
+                                          dataset becomes one evoked response
 ``*.con``, ``*.sqd``                      :func:`mne.io.read_raw_kit` (marker, digitiser
                                           and head-shape files beside it are used)
 BTi/4D folder or ``c,rf*`` file           :func:`mne.io.read_raw_bti`
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +106,8 @@ def read_recording(
     Returns
     -------
     recording : mne.io.BaseRaw | list of mne.Evoked
-        A raw recording, or one evoked response per condition for evoked FIF files.
+        A raw recording, or one evoked response per condition for evoked FIF files and
+        averaged CTF datasets.
 
     Raises
     ------
@@ -123,7 +127,7 @@ def read_recording(
         if fmt == "fif":
             return _read_fif(path, kwargs)
         if fmt == "ctf":
-            return mne.io.read_raw_ctf(path, preload=False, verbose="error", **kwargs)
+            return _read_ctf(path, kwargs)
         if fmt == "kit":
             return mne.io.read_raw_kit(
                 path, preload=False, verbose="error", **_kit_side_files(path, kwargs)
@@ -149,6 +153,93 @@ def _read_fif(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.E
         if "no raw data" in str(err).lower():
             return list(mne.read_evokeds(path, verbose="error"))
         raise
+
+
+@dataclass(frozen=True)
+class CTFHeader:
+    """The fields of a CTF ``.res4`` header that tell an averaged dataset from a recording.
+
+    Attributes
+    ----------
+    n_averaged : int
+        Trials averaged into the data (0 for a recording).
+    trial_samples : int
+        Samples per trial.
+    n_trials : int
+    pre_trigger_samples : int
+        Samples before the trigger in each trial.
+    """
+
+    n_averaged: int
+    trial_samples: int
+    n_trials: int
+    pre_trigger_samples: int
+
+
+def read_ctf_header(path: str | Path) -> CTFHeader:
+    """Read the averaging fields of a CTF dataset's ``.res4`` file.
+
+    MNE's CTF reader returns averaged datasets as continuous data and keeps these fields to
+    itself; they sit at fixed offsets of the big-endian ``res4`` header (CTF MEG File Formats,
+    ``meg41GeneralResRec``).
+
+    Parameters
+    ----------
+    path : str | Path
+        The ``.ds`` folder.
+
+    Raises
+    ------
+    UnreadableRecordingError
+        When the folder has no readable ``.res4`` header.
+    """
+    folder = Path(path)
+    res4 = folder / f"{folder.stem}.res4"
+    if not res4.is_file():
+        found = sorted(folder.glob("*.res4"))
+        if not found:
+            raise UnreadableRecordingError(folder, "CTF dataset without a .res4 header file")
+        res4 = found[0]
+    header = res4.read_bytes()[:1320]
+    if len(header) < 1320 or not header.startswith(b"MEG4"):
+        raise UnreadableRecordingError(folder, f"{res4.name} is not a CTF MEG4 header")
+    # head (8) + application name, data origin, data description (3 x 256)
+    (n_averaged,) = struct.unpack_from(">h", header, 776)
+    # + date and time strings (2 x 255): samples per trial, channels, padding to 8 bytes,
+    # sampling rate, epoch time (2 x double), trials, padding to 4 bytes, pre-trigger samples
+    (trial_samples,) = struct.unpack_from(">i", header, 1288)
+    (n_trials,) = struct.unpack_from(">h", header, 1312)
+    (pre_trigger,) = struct.unpack_from(">i", header, 1316)
+    return CTFHeader(int(n_averaged), int(trial_samples), int(n_trials), int(pre_trigger))
+
+
+def _read_ctf(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.Evoked]:
+    """A CTF recording, or the average of an averaged dataset as one evoked response.
+
+    An averaged dataset stores the average as its first trial (later trials hold derived
+    traces, such as the plus-minus average); it is returned with its time axis from the
+    trigger, so that it is windowed like an evoked FIF file.
+    """
+    raw = mne.io.read_raw_ctf(path, preload=False, verbose="error", **kwargs)
+    header = read_ctf_header(path)
+    if header.n_averaged <= 0:
+        return raw
+    if not 0 < header.trial_samples <= raw.n_times:
+        raise UnreadableRecordingError(
+            path,
+            f"averaged CTF dataset with {header.trial_samples} samples per trial but "
+            f"{raw.n_times} samples in all",
+        )
+    data = raw.get_data(start=0, stop=header.trial_samples)
+    evoked = mne.EvokedArray(
+        data,
+        raw.info,
+        tmin=-header.pre_trigger_samples / raw.info["sfreq"],
+        nave=header.n_averaged,
+        comment="average",
+        verbose="error",
+    )
+    return [evoked]
 
 
 def _kit_side_files(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
