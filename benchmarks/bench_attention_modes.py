@@ -30,6 +30,8 @@ import transformers
 
 from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
 
+from common import write_results
+
 RESULTS = Path(__file__).parent / "results"
 MODES = ("latent", "factorized", "full")
 
@@ -182,8 +184,7 @@ def main() -> None:
                 result[section] = previous[section]
             continue
         result[section] = {"measured": environment, "figures": measure()}
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(path, result)
     print(json.dumps(result, indent=2))
     print(f"written to {path}")
 

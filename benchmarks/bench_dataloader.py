@@ -39,6 +39,8 @@ from megfm_hf import MEGConfig
 from megfm_hf.data.shards import rows_table, window_features
 from megfm_hf.training import MEGDataCollator, load_windows
 
+from common import write_results
+
 RESULTS = Path(__file__).parent / "results"
 SENSORS, SAMPLES, BATCH = 306, 1000, 32
 
@@ -172,8 +174,7 @@ def main() -> None:
         "results": rows,
         "training_windows_per_s": steps,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args.output, record)
     print(f"wrote {args.output}")
 
 

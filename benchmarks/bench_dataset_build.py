@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shutil
@@ -35,17 +34,9 @@ import transformers
 from megfm_hf.data import MEGProcessor, RecordingSpec, build_dataset
 from megfm_hf.data.testing import make_raw, write_raw
 
+from common import cpu_name, write_results
+
 RESULTS = Path(__file__).parent / "results" / "dataset_build_cpu.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -127,7 +118,7 @@ def main() -> None:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "device": {
                 "kind": "cpu",
-                "cpu": _cpu_name(),
+                "cpu": cpu_name(),
                 "cores": os.cpu_count(),
                 "platform": platform.platform(),
             },
@@ -156,8 +147,7 @@ def main() -> None:
             ),
             "results": rows,
         }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(record, indent=1) + "\n")
+        write_results(args.output, record, indent=1)
         print(f"wrote {args.output}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import platform
 import tempfile
@@ -44,6 +43,8 @@ from megfm_hf.data.processor import ProcessedRecording
 from megfm_hf.data.testing import make_raw, write_raw
 from megfm_hf.inference import extract_features
 
+from common import cpu_name, write_results
+
 RESULTS = Path(__file__).parent / "results" / "features_cpu.json"
 TARGET_SECONDS_PER_HOUR = 300.0
 PRECISIONS = (("float32", None), ("bfloat16", torch.bfloat16))
@@ -54,16 +55,6 @@ def _cosine(features: np.ndarray, reference: np.ndarray) -> float:
     dot = (features * reference).sum(axis=1)
     norms = np.linalg.norm(features, axis=1) * np.linalg.norm(reference, axis=1)
     return float(np.mean(dot / np.clip(norms, 1e-12, None)))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _first(processed: ProcessedRecording, count: int) -> ProcessedRecording:
@@ -158,7 +149,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": {
             "kind": "cpu",
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": args.threads,
             "platform": platform.platform(),
@@ -189,8 +180,7 @@ def main() -> None:
         },
         "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args.output, record)
     print(f"wrote {args.output}")
 
 

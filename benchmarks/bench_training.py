@@ -70,6 +70,8 @@ from torch.utils.flop_counter import (
 
 from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
 
+from common import cpu_name, write_results
+
 RESULTS = Path(__file__).parent / "results"
 PATCH_LENGTH = 25
 MODES = ("latent", "factorized", "full")
@@ -103,17 +105,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------------
 # Device, memory and FLOP helpers
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo``, or what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def device_slug(device: torch.device) -> str:
@@ -377,6 +368,27 @@ def _memory_window(settings: Settings, row: dict) -> Iterator[None]:
     )
 
 
+def time_training(
+    settings: Settings,
+    model: torch.nn.Module,
+    one_step: Callable[[torch.nn.Module, Any], None],
+    inputs: Any,
+) -> list[float]:
+    """Seconds of timed training steps: ``one_step`` (forward, backward) and an AdamW step,
+    on ``model`` compiled when the settings ask for it (fused AdamW on CUDA)."""
+    net = torch.compile(model) if settings.compile else model
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, weight_decay=0.05, fused=settings.device.type == "cuda"
+    )
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        one_step(net, inputs)
+        optimizer.step()
+
+    return time_steps(step, settings.warmup, settings.steps, settings.device)
+
+
 def train_megfm(
     settings: Settings, inputs: dict, size: Size, mode: str, ratio: float, peak: float | None
 ) -> dict:
@@ -399,17 +411,7 @@ def train_megfm(
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        net = torch.compile(model) if settings.compile else model
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=1e-4, weight_decay=0.05, fused=settings.device.type == "cuda"
-        )
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            one_step(net, inputs)
-            optimizer.step()
-
-        seconds = time_steps(step, settings.warmup, settings.steps, settings.device)
+        seconds = time_training(settings, model, one_step, inputs)
     row.update(_figures(settings, seconds, flops, peak))
     return row
 
@@ -435,17 +437,7 @@ def train_patchtst(
         model.zero_grad(set_to_none=True)
         # PatchTST does not support gradient checkpointing: it always keeps its activations.
         row["gradient_checkpointing"] = False
-        net = torch.compile(model) if settings.compile else model
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=1e-4, weight_decay=0.05, fused=settings.device.type == "cuda"
-        )
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            one_step(net, past_values)
-            optimizer.step()
-
-        seconds = time_steps(step, settings.warmup, settings.steps, settings.device)
+        seconds = time_training(settings, model, one_step, past_values)
     row.update(_figures(settings, seconds, flops, peak))
     return row
 
@@ -628,11 +620,6 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -770,7 +757,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def add(section: str, label: dict, measure: Callable[[], dict]) -> None:
         record[section].append(guarded(settings, label, measure))
-        _write(record, output)
+        write_results(output, record, indent=1)
 
     for size in sizes:
         common = {"size": size.name, "width": size.width, "depth": size.depth, "heads": size.heads}
@@ -806,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
                 lambda size=size, mode=mode: features_megfm(settings, inputs, size, mode, peak),
             )
 
-    _write(record, output)
+    write_results(output, record, indent=1)
     print()
     print(markdown(record))
     print(f"\nwritten to {output}")
