@@ -312,27 +312,34 @@ def test_strongest_evoked_sensors_recover_the_ground_truth_regions(cohort, pretr
         assert overlap >= 0.6, (condition, overlap)
 
 
+def _evaluate_recording(
+    path: Path, state: str, tmp_path: Path, *, window_seconds: float, tmin: float
+) -> dict:
+    """Evaluate an untrained small model on one real recording, with data-derived regions."""
+    from megfm_hf.data import MEGProcessor, build_dataset
+
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(f"path\tsubject\tstate\n{path}\ts01\t{state}\n")
+    processor = MEGProcessor(
+        sfreq=100.0, patch_length=10, window_seconds=window_seconds, tmin=tmin, l_freq=1.0,
+        h_freq=40.0, reject=None,
+    )  # fmt: skip
+    build_dataset(manifest, tmp_path / "dataset", processor=processor, secret="t")
+    return evaluate_model(
+        _small_model(tmp_path / "model"), tmp_path / "dataset", tmp_path / "out",
+        region="strongest:10", n_permutations=200, progress=False,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_attention_on_real_evoked_responses(meg_data_dir, tmp_path):
     """The MNE sample subject's averaged auditory and visual responses, with regions read from
     the evoked fields: auditory fields are strongest over the temporal sensors."""
-    from megfm_hf.data import MEGProcessor, build_dataset
     from megfm_hf.evaluation.features import load_windows
     from megfm_hf.evaluation.loading import load_evaluation_data
 
-    manifest = tmp_path / "manifest.tsv"
     path = meg_data_dir / "neuromag306-audvis-evoked/test-ave.fif.gz"
-    manifest.write_text(f"path\tsubject\tstate\n{path}\ts01\tauditory\n")
-    processor = MEGProcessor(
-        sfreq=100.0, patch_length=10, window_seconds=0.6, tmin=-0.2, l_freq=1.0, h_freq=40.0,
-        reject=None,
-    )  # fmt: skip
-    build_dataset(manifest, tmp_path / "dataset", processor=processor, secret="t")
-    model = _small_model(tmp_path / "model")
-    metrics = evaluate_model(
-        model, tmp_path / "dataset", tmp_path / "out", region="strongest:10",
-        n_permutations=200, progress=False,
-    )  # fmt: skip
+    metrics = _evaluate_recording(path, "auditory", tmp_path, window_seconds=0.6, tmin=-0.2)
     attention = metrics["attention"]
     assert set(attention) == {"Left Auditory", "Right Auditory", "Left visual", "Right visual"}
     positions = load_windows(load_evaluation_data(tmp_path / "dataset"), [0]).positions[:, :3]
@@ -354,20 +361,8 @@ def test_attention_on_the_real_somatosensory_average(meg_data_dir, tmp_path):
     """The averaged CTF-151 somatosensory dataset reads as one evoked response from 0.05 s
     before the trigger; its alignment is scored against the sensors of its own strongest field,
     and its topomap is drawn from the CTF sensor positions."""
-    from megfm_hf.data import MEGProcessor, build_dataset
-
     path = meg_data_dir / "ctf151-somatosensory/somMDYO-18av.ds"
-    manifest = tmp_path / "manifest.tsv"
-    manifest.write_text(f"path\tsubject\tstate\n{path}\ts01\tsomatosensory\n")
-    processor = MEGProcessor(
-        sfreq=100.0, patch_length=10, window_seconds=0.2, tmin=-0.04, l_freq=1.0, h_freq=40.0,
-        reject=None,
-    )  # fmt: skip
-    build_dataset(manifest, tmp_path / "dataset", processor=processor, secret="t")
-    metrics = evaluate_model(
-        _small_model(tmp_path / "model"), tmp_path / "dataset", tmp_path / "out",
-        region="strongest:10", n_permutations=200, progress=False,
-    )  # fmt: skip
+    metrics = _evaluate_recording(path, "somatosensory", tmp_path, window_seconds=0.2, tmin=-0.04)
     values = metrics["attention"]["average"]
     assert values["n_windows"] == 1 and values["n_region_sensors"] == 10
     assert values["peak_patch_s"] == pytest.approx([0.06, 0.16])

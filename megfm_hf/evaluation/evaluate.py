@@ -183,7 +183,7 @@ def evaluate_model(
         A dataset the model cannot take (sampling rate, window length), or unknown subjects.
     """
     start = time.perf_counter()
-    _strongest_count(region)  # a malformed region fails before any work
+    region_top_k = _strongest_count(region)  # a malformed region fails before any work
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -360,9 +360,8 @@ def evaluate_model(
             else:
                 maps[condition] = attn.condition_map(chosen, post)
         regions: dict[str, np.ndarray] = {}
-        strongest = _strongest_count(region)
-        if strongest is not None:
-            region_source = f"strongest evoked field at the peak patch ({strongest} per type)"
+        if region_top_k is not None:
+            region_source = f"strongest evoked field at the peak patch ({region_top_k} per type)"
             regions = {
                 c: attn.strongest_sensors(
                     windows.signals[window_conditions == c],
@@ -371,7 +370,7 @@ def evaluate_model(
                     model.config.patch_length,
                     peak,
                     baseline,
-                    top_k=strongest,
+                    top_k=region_top_k,
                 )
                 for c, peak in peaks.items()
             }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -128,11 +127,7 @@ def extract_features(
 
     pooled = np.zeros((len(processed), encoder.config.hidden_size), dtype=np.float32)
     tokens: np.ndarray | None = None
-    context: Any = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else torch.autocast(device.type, enabled=False)
-    )
+    context = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
     total = -(-len(processed) // batch_size)
     try:
         for indices, windows in tqdm(
