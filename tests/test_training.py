@@ -245,6 +245,84 @@ def test_select_subjects_keeps_only_their_windows(tiny_windows):
     assert len(picked) == sum(s in ("s1", "s3") for s in tiny_windows["subject"])
 
 
+# --------------------------------------------------------------------------- sampling
+
+
+def _trainer(windows: datasets.Dataset, output_dir: Path, strategy: str):
+    from transformers import TrainingArguments
+
+    from megfm_hf.training.trainer import build_trainer
+
+    config = _tiny_config()
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=BATCH,
+        train_sampling_strategy=strategy,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    collator = MEGDataCollator(config, draw_mask=True)
+    return build_trainer(MEGForMaskedSignalModeling(config), args, windows, windows, collator)
+
+
+def _padded_slots(batch: dict[str, torch.Tensor]) -> int:
+    return int((~batch["sensor_mask"]).sum())
+
+
+def test_sensor_counts_come_from_the_arrow_column(tiny_windows):
+    from megfm_hf.training.sampling import sensor_counts
+
+    expected = [len(types) for types in tiny_windows["sensor_types"]]
+    assert sorted(set(expected)) == [15, 18]
+    assert sensor_counts(tiny_windows) == expected
+    picked = select_subjects(tiny_windows, ["s1", "s2"])  # through an indices mapping
+    assert sensor_counts(picked) == [len(types) for types in picked["sensor_types"]]
+
+
+def test_sensor_grouped_sampler_mixes_counts_only_in_its_leftovers():
+    from megfm_hf.training.sampling import SensorGroupedSampler
+
+    counts = [306] * 10 + [275] * 7 + [157] * 9  # leftovers: 2, 3 and 1 windows
+    sampler = SensorGroupedSampler(counts, 4, generator=torch.Generator().manual_seed(0))
+    order = list(sampler)
+    assert sorted(order) == list(range(len(counts))) and len(sampler) == len(counts)
+    groups = [[counts[i] for i in order[start : start + 4]] for start in range(0, len(order), 4)]
+    assert sum(len(set(group)) > 1 for group in groups) <= 2
+    assert all(len(set(group)) == 1 for group in groups[:5])  # the whole groups come first
+    # Seeded: the same order again; another epoch (the generator moved on) another order.
+    again = list(SensorGroupedSampler(counts, 4, generator=torch.Generator().manual_seed(0)))
+    assert again == order
+    assert list(sampler) != order
+    with pytest.raises(ValueError, match="group_size must be at least 1"):
+        SensorGroupedSampler(counts, 0)
+
+
+def test_group_by_length_batches_windows_of_one_sensor_array(tiny_windows, tmp_path):
+    # Half the windows come from an 18-sensor helmet, half from a 15-sensor one.
+    grouped = list(_trainer(tiny_windows, tmp_path, "group_by_length").get_train_dataloader())
+    shuffled = list(_trainer(tiny_windows, tmp_path, "random").get_train_dataloader())
+    assert sum(map(_padded_slots, grouped)) == 0
+    assert sum(map(_padded_slots, shuffled)) > 0
+    # Still one pass over every window, in a shuffled order.
+    seen = torch.cat([batch["input_values"][:, 0, :4] for batch in grouped])
+    every = torch.as_tensor(np.stack([row[0, :4] for row in tiny_windows["input_values"]]))
+    assert len(seen) == len(every)
+    assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, every.tolist()))
+    assert not torch.equal(seen, every)
+
+
+def test_evaluation_keeps_the_dataset_order_when_training_groups_by_sensors(tiny_windows, tmp_path):
+    # Predictions are matched to windows (and subjects) by position.
+    trainer = _trainer(tiny_windows, tmp_path, "group_by_length")
+    batches = list(trainer.get_test_dataloader(tiny_windows))
+    counts = [int(count) for batch in batches for count in batch["sensor_mask"].sum(dim=1)]
+    assert counts == [len(types) for types in tiny_windows["sensor_types"]]
+    first = tiny_windows[0]["input_values"]
+    np.testing.assert_array_equal(batches[0]["input_values"][0, : len(first)].numpy(), first)
+
+
 # --------------------------------------------------------------------------- subject metrics
 
 

@@ -113,6 +113,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "eval_strategy": "no",
     "report_to": [],
     "dataloader_num_workers": 0,
+    # Batches of one sensor count: no padding where a dataset mixes MEG systems.
+    "train_sampling_strategy": "group_by_length",
     "dataloader_pin_memory": torch.cuda.is_available(),
 }
 

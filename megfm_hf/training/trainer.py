@@ -10,19 +10,55 @@ from typing import Any
 
 import datasets
 import torch
+from torch.utils.data import Sampler, SequentialSampler
 from transformers import HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import TrainOutput, has_length
 
 from .checkpoints import (
     CheckpointCompletionCallback,
     discard_incomplete_checkpoints,
     last_complete_checkpoint,
 )
+from .sampling import SensorGroupedSampler, sensor_counts
 
 logger = logging.getLogger(__name__)
 
 
-class ClassWeightedTrainer(Trainer):
+class MEGTrainer(Trainer):
+    """A ``Trainer`` that batches windows of one sensor array together.
+
+    With ``train_sampling_strategy="group_by_length"`` (the megfm default), the "length" of a
+    window is its number of sensors, read from the dataset's ``sensor_types`` column without
+    decoding any signal, and every optimiser step (all processes, all accumulation steps) gets
+    windows of one sensor count (:class:`~megfm_hf.training.sampling.SensorGroupedSampler`).
+    A dataset that mixes MEG systems then trains without padding. transformers' own grouping
+    sorts by length within random chunks, which leaves mixed batches at every chunk border,
+    and needs a length column that it drops with the unused columns.
+
+    Evaluation and prediction always keep the dataset's order: predictions are matched to
+    windows (and so to subjects) by position.
+    """
+
+    def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if (
+            self.args.train_sampling_strategy == "group_by_length"
+            and isinstance(dataset, datasets.Dataset)
+            and "sensor_types" in dataset.column_names
+        ):
+            args = self.args
+            group_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            return SensorGroupedSampler(sensor_counts(dataset), group_size)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset: datasets.Dataset) -> Sampler | None:
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        # Several processes: accelerate shards the dataset in order itself.
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+
+class ClassWeightedTrainer(MEGTrainer):
     """A ``Trainer`` whose classification loss weighs classes (e.g. inversely to frequency).
 
     Clinical cohorts are imbalanced (the reference cohort had 362 patients and 54 controls);
@@ -64,7 +100,7 @@ def build_trainer(
     train_dataset: datasets.Dataset,
     eval_dataset: datasets.Dataset | None,
     data_collator: Callable,
-    trainer_class: type[Trainer] = Trainer,
+    trainer_class: type[Trainer] = MEGTrainer,
     **kwargs,
 ) -> Trainer:
     """A ``Trainer`` with crash-safe checkpoint marking."""

@@ -1,0 +1,88 @@
+"""Training order: shuffled windows, batched one sensor array at a time.
+
+MEG systems differ in sensor count (306 for MEGIN/Elekta, 275 for CTF, 248 for 4D/BTi, 157 to
+208 for KIT/Yokogawa), and the collator pads every batch to its largest window. A shuffled
+dataset that mixes systems would then pad nearly every batch to the largest helmet; batching
+windows of equal sensor counts removes that padding, and with it the compute spent on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import Sampler
+
+
+def sensor_counts(dataset: datasets.Dataset) -> list[int]:
+    """Sensors of every window, read from the Arrow ``sensor_types`` column (no signal decoded).
+
+    Parameters
+    ----------
+    dataset : datasets.Dataset
+        Window rows with a ``sensor_types`` list column (any format, any selection of rows).
+
+    Returns
+    -------
+    list of int
+        The number of sensors of each row, in the dataset's order.
+    """
+    if "sensor_types" not in dataset.column_names:
+        raise ValueError(
+            f"dataset has no 'sensor_types' column (columns: {dataset.column_names}); window "
+            "datasets built by `megfm build-dataset` have one."
+        )
+    column = dataset.select_columns(["sensor_types"]).with_format("arrow")[:]["sensor_types"]
+    return pc.list_value_length(column).to_pylist()
+
+
+class SensorGroupedSampler(Sampler[int]):
+    """Random window order in which every group of ``group_size`` windows shares a sensor count.
+
+    Each epoch, the windows of each sensor count are shuffled and cut into groups of
+    ``group_size``; the groups of all counts are shuffled together. The few windows left over
+    by each count (fewer than ``group_size`` per count) come last, sorted by sensor count, so
+    at most one group per sensor count mixes two counts. A dataset of a single system gets a
+    plain shuffle.
+
+    Parameters
+    ----------
+    sensor_counts : sequence of int
+        Sensors of every window (see :func:`sensor_counts`).
+    group_size : int
+        Windows per group: the batch of one optimiser step over all processes and accumulation
+        steps, so that every process of a step pads to the same count.
+    generator : torch.Generator, optional
+        Source of the shuffle; torch's global generator (seeded by the ``Trainer``) when omitted.
+    """
+
+    def __init__(
+        self,
+        sensor_counts: Sequence[int],
+        group_size: int,
+        generator: torch.Generator | None = None,
+    ):
+        if group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}.")
+        self.sensor_counts = np.asarray(sensor_counts, dtype=np.int64)
+        self.group_size = group_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.sensor_counts)
+
+    def __iter__(self) -> Iterator[int]:
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
+        rng = np.random.default_rng(seed)
+        groups: list[np.ndarray] = []
+        leftovers: list[np.ndarray] = []
+        for count in np.unique(self.sensor_counts)[::-1]:
+            members = rng.permutation(np.flatnonzero(self.sensor_counts == count))
+            whole = len(members) - len(members) % self.group_size
+            groups += np.split(members[:whole], whole // self.group_size) if whole else []
+            leftovers.append(members[whole:])
+        order = [groups[i] for i in rng.permutation(len(groups))] + leftovers
+        return iter(np.concatenate(order).tolist() if order else [])
