@@ -6,8 +6,10 @@ one epoch of a ``torch.utils.data.DataLoader`` with ``MEGDataCollator`` (shuffle
 each number of workers in ``--workers``, from
 
 - the Arrow dataset (``datasets.load_from_disk``, NumPy format: what ``megfm pretrain`` uses);
-- the Parquet shards streamed (``datasets.load_dataset(..., streaming=True)``), for data that
-  does not fit on the local disk.
+- the Parquet shards streamed as ``megfm pretrain --streaming`` does
+  (:func:`megfm_hf.training.streaming.stream_windows`: a record batch at a time, shuffle buffer
+  256), and, for comparison, with ``datasets.load_dataset(..., streaming=True)`` (which
+  formats every window on its own).
 
 The target is at least twice the training step rate. Where ``results/training_*.json`` exist,
 every loader rate is set beside the default model's training rate at the same shape
@@ -38,6 +40,7 @@ from torch.utils.data import DataLoader
 from megfm_hf import MEGConfig
 from megfm_hf.data.shards import rows_table, window_features
 from megfm_hf.training import MEGDataCollator, load_windows
+from megfm_hf.training.streaming import stream_windows
 
 from common import write_results
 
@@ -122,11 +125,14 @@ def main() -> None:
             f"{args.windows} windows of {SENSORS} x {SAMPLES} float32 ({size_mb:.0f} MB of "
             f"Parquet), batch {BATCH}, MEGDataCollator"
         )
-        print(f"{'source':<22} {'workers':>7} {'windows/s':>10} {'MB/s':>8}")
+        print(f"{'source':<26} {'workers':>7} {'windows/s':>10} {'MB/s':>8}")
         for workers in args.workers:
             sources = {
                 "arrow (load_from_disk)": load_windows(arrow).with_format("numpy"),
-                "parquet (streaming)": datasets.load_dataset(
+                "parquet (megfm stream)": stream_windows(
+                    sorted(shards.glob("*.parquet")), buffer_size=256, seed=0
+                ),
+                "parquet (datasets stream)": datasets.load_dataset(
                     "parquet", data_files=sorted(str(p) for p in shards.glob("*.parquet")),
                     split="train", streaming=True,
                 ).with_format("numpy").shuffle(seed=0, buffer_size=256),
@@ -148,7 +154,7 @@ def main() -> None:
                 rows.append(
                     {"source": name, "workers": workers, "windows_per_s": rate, "mb_per_s": mb_s}
                 )
-                print(f"{name:<22} {workers:>7} {rate:>10.1f} {mb_s:>8.0f}", flush=True)
+                print(f"{name:<26} {workers:>7} {rate:>10.1f} {mb_s:>8.0f}", flush=True)
 
     steps = training_rates()
     for label, step_rate in steps.items():

@@ -323,6 +323,85 @@ def test_evaluation_keeps_the_dataset_order_when_training_groups_by_sensors(tiny
     np.testing.assert_array_equal(batches[0]["input_values"][0, : len(first)].numpy(), first)
 
 
+# --------------------------------------------------------------------------- streaming
+
+
+def _window_key(row: dict) -> tuple[str, float]:
+    return str(row["recording"]), round(float(row["onset_s"]), 6)
+
+
+def test_shards_are_indexed_by_subject_without_reading_signals(tiny_dataset, tiny_windows):
+    from megfm_hf.training.streaming import index_shards, shard_subject_labels
+
+    shards = index_shards(tiny_dataset)
+    assert sorted(shard.subject for shard in shards) == ["s0", "s1", "s2", "s3"]
+    assert shard_subject_labels(shards) == subject_labels(tiny_windows)
+    assert sum(shard.n_windows for shard in shards) == len(tiny_windows)
+    assert {shard.sfreq for shard in shards} == {100.0}
+
+
+def test_streamed_windows_are_the_datasets_windows_in_a_new_order_each_epoch(
+    tiny_dataset, tiny_windows
+):
+    from megfm_hf.training.streaming import index_shards, stream_windows
+
+    expected = {_window_key(row): row["input_values"] for row in tiny_windows}
+    shards = [shard.path for shard in index_shards(tiny_dataset)]
+    in_order = [_window_key(row) for row in stream_windows(shards, buffer_size=None)]
+    stream = stream_windows(shards, buffer_size=16, seed=0)
+    first = list(stream)
+    assert len(first) == len(expected) and len(set(map(_window_key, first))) == len(expected)
+    for row in first:
+        np.testing.assert_array_equal(row["input_values"], expected[_window_key(row)])
+    assert [_window_key(row) for row in first] != in_order
+    stream.set_epoch(1)
+    assert [_window_key(row) for row in stream] != [_window_key(row) for row in first]
+
+
+def test_data_loader_workers_share_the_streamed_shards(tiny_dataset, tiny_windows):
+    from torch.utils.data import DataLoader
+
+    from megfm_hf.training.streaming import index_shards, stream_windows
+
+    shards = [shard.path for shard in index_shards(tiny_dataset)]
+    loader = DataLoader(
+        stream_windows(shards, buffer_size=8),
+        batch_size=BATCH,
+        num_workers=2,
+        collate_fn=MEGDataCollator(_tiny_config(), draw_mask=True),
+    )
+    batches = list(loader)
+    assert sum(len(batch["input_values"]) for batch in batches) == len(tiny_windows)
+    # Each window once: their first samples are all different.
+    firsts = torch.cat([batch["input_values"][:, 0, 0] for batch in batches])
+    assert len(set(firsts.tolist())) == len(tiny_windows)
+
+
+def test_streaming_pretraining_trains_on_the_training_subjects_shards(tiny_dataset, tmp_path):
+    model_dir = pretrain(
+        tiny_dataset,
+        tmp_path / "run",
+        config=TINY_MODEL,
+        max_steps=4,
+        batch_size=BATCH,
+        streaming=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    split = json.loads((model_dir / "split.json").read_text())
+    assert split["train"] and split["test"] and not set(split["train"]) & set(split["test"])
+    state = json.loads((model_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    metrics = json.loads((model_dir / "training_metrics.json").read_text())
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
+    arguments = json.loads((model_dir / "training_args.json").read_text())
+    assert arguments["pretraining"]["streaming"] is True
+    MEGForMaskedSignalModeling.from_pretrained(model_dir)
+
+    with pytest.raises(TrainingDataError, match="--streaming needs --max_steps"):
+        pretrain(tiny_dataset, tmp_path / "epochs", config=TINY_MODEL, max_steps=-1, streaming=True)
+
+
 # --------------------------------------------------------------------------- subject metrics
 
 

@@ -15,10 +15,11 @@ from ..modeling.modeling_megfm import compute_signal_mask
 MODEL_INPUTS = ("input_values", "sensor_positions", "sensor_types", "sensor_mask")
 
 
-def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
+def _as_array(value: Any, dtype: type | None) -> np.ndarray:
+    """A row's value as a NumPy array, without a copy where it already is one."""
     if isinstance(value, torch.Tensor):
-        return value.to(dtype)
-    return torch.as_tensor(np.asarray(value), dtype=dtype)
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class MEGDataCollator:
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
             raise ValueError("MEGDataCollator received an empty list of rows.")
-        signals = [_as_tensor(row["input_values"], torch.float32) for row in rows]
+        signals = [_as_array(row["input_values"], np.float32) for row in rows]
         num_samples = {signal.shape[-1] for signal in signals}
         if len(num_samples) != 1:
             raise ValueError(
@@ -101,17 +102,17 @@ class MEGDataCollator:
             "sensor_types": torch.zeros(batch_size, num_sensors, dtype=torch.long),
             "sensor_mask": torch.zeros(batch_size, num_sensors, dtype=torch.bool),
         }
+        # Rows are copied straight into the batch's memory (no tensor per row).
+        values, positions, types, valid = (batch[name].numpy() for name in MODEL_INPUTS)
         for index, (row, signal) in enumerate(zip(rows, signals, strict=True)):
             count = signal.shape[0]
-            batch["input_values"][index, :count] = signal
-            batch["sensor_positions"][index, :count] = _as_tensor(
-                row["sensor_positions"], torch.float32
-            )
-            batch["sensor_types"][index, :count] = _as_tensor(row["sensor_types"], torch.long)
+            values[index, :count] = signal
+            positions[index, :count] = _as_array(row["sensor_positions"], np.float32)
+            types[index, :count] = _as_array(row["sensor_types"], np.int64)
             if row.get("sensor_mask") is not None:
-                batch["sensor_mask"][index, :count] = _as_tensor(row["sensor_mask"], torch.bool)
+                valid[index, :count] = _as_array(row["sensor_mask"], bool)
             else:
-                batch["sensor_mask"][index, :count] = True
+                valid[index, :count] = True
         # Bad sensors may hold anything; the model ignores them, zeros keep the batch finite.
         batch["input_values"].masked_fill_(~batch["sensor_mask"][:, :, None], 0.0)
 
@@ -121,7 +122,8 @@ class MEGDataCollator:
             # which are not Python floats; an integer dtype would truncate them.
             floating = np.issubdtype(np.asarray(labels[0]).dtype, np.floating)
             dtype = torch.float32 if floating else torch.long
-            batch["labels"] = torch.stack([_as_tensor(label, dtype) for label in labels])
+            stacked = np.stack([_as_array(label, None) for label in labels])
+            batch["labels"] = torch.from_numpy(stacked).to(dtype)
         if self.draw_mask:
             self._reseed_for_worker()
             batch["mask"] = compute_signal_mask(

@@ -52,12 +52,7 @@ def load_windows(path: str | Path) -> datasets.Dataset:
             raise empty
         dataset = datasets.load_from_disk(str(path))
     else:
-        shards = sorted(path.glob("*.parquet")) or sorted(path.glob("parquet/*.parquet"))
-        if not shards:
-            raise TrainingDataError(
-                f"{path} is neither a datasets folder (dataset_info.json) nor a folder of Parquet "
-                "shards; build one with `megfm build-dataset`."
-            )
+        shards = shard_files(path)
         if not sum(pq.read_metadata(shard).num_rows for shard in shards):
             raise empty
         dataset = datasets.load_dataset(
@@ -68,6 +63,27 @@ def load_windows(path: str | Path) -> datasets.Dataset:
     if len(dataset) == 0:
         raise empty
     return dataset
+
+
+#: Where a dataset folder keeps its Parquet shards: as built, as pushed to the Hub, or loose.
+SHARD_PATTERNS = ("parquet/*.parquet", "data/*.parquet", "*.parquet")
+
+
+def shard_files(path: str | Path) -> list[Path]:
+    """The Parquet window shards of a dataset folder, in file-name order.
+
+    Looks in ``parquet/`` (as ``megfm build-dataset`` writes them), ``data/`` (as pushed to the
+    Hub) and the folder itself, and raises when none holds a shard.
+    """
+    path = Path(path)
+    for pattern in SHARD_PATTERNS:
+        shards = sorted(path.glob(pattern))
+        if shards:
+            return shards
+    raise TrainingDataError(
+        f"{path} holds no Parquet shards ({', '.join(SHARD_PATTERNS)}) and is not a datasets "
+        "folder (dataset_info.json); build one with `megfm build-dataset`."
+    )
 
 
 def dataset_summary(path: str | Path) -> dict:
@@ -92,14 +108,33 @@ def check_dataset_matches_model(
     """
     if len(dataset) == 0:
         raise TrainingDataError(f"{name} is empty: no windows to train on.")
-    sfreqs = np.unique(np.asarray(dataset["sfreq"], dtype=float))
+    num_samples = np.asarray(dataset[0]["input_values"]).shape[-1]
+    check_windows_match_model(dataset["sfreq"], num_samples, config, name)
+
+
+def check_windows_match_model(
+    sfreqs: Sequence[float], num_samples: int, config: MEGConfig, name: str = "dataset"
+) -> None:
+    """Raise unless every window is sampled at the model's rate in whole patches.
+
+    Parameters
+    ----------
+    sfreqs : sequence of float
+        The sampling rate of every window (or of every shard).
+    num_samples : int
+        Samples per window.
+    config : MEGConfig
+        The model configuration.
+    name : str
+        How to name the dataset in the error.
+    """
+    sfreqs = np.unique(np.asarray(sfreqs, dtype=float))
     if len(sfreqs) != 1 or not np.isclose(sfreqs[0], config.sampling_rate):
         raise TrainingDataError(
             f"{name} windows are sampled at {sfreqs.tolist()} Hz but the model expects "
             f"sampling_rate={config.sampling_rate:g} Hz; rebuild the dataset with "
             f"--sfreq {config.sampling_rate:g} or choose a model with the dataset's rate."
         )
-    num_samples = np.asarray(dataset[0]["input_values"]).shape[-1]
     if num_samples % config.patch_length:
         raise TrainingDataError(
             f"{name} windows have {num_samples} samples, not a multiple of the model's "

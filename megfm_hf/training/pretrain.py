@@ -13,20 +13,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from transformers import TrainingArguments
 
+from ..data.processor import MEGProcessor
 from ..modeling.configuration_megfm import MEGConfig
 from ..modeling.modeling_megfm import MEGForMaskedSignalModeling
 from .collator import MEGDataCollator
 from .data import (
+    SubjectSplit,
+    TrainingDataError,
     check_dataset_matches_model,
+    check_windows_match_model,
     load_windows,
     select_subjects,
     split_subjects,
     subject_labels,
 )
 from .export import export_model, load_dataset_processor
+from .streaming import index_shards, shard_subject_labels, stream_windows
 from .trainer import (
     build_trainer,
     check_distributed_launch,
@@ -69,6 +75,16 @@ class PretrainingArguments:
     mask_seed: int = field(default=0, metadata={"help": "seed of the collator's mask generator"})
     resume: bool = field(
         default=False, metadata={"help": "resume from the last complete checkpoint in output_dir"}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "stream windows from the dataset's Parquet shards (a record batch at a time, "
+            "shuffled in a buffer) instead of reading the Arrow dataset; needs max_steps"
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1024, metadata={"help": "windows in the streaming shuffle buffer"}
     )
     attention_mode: str = field(default="latent", metadata={"help": "latent, factorized or full"})
     hidden_size: int = field(default=256, metadata={"help": "encoder width"})
@@ -129,7 +145,7 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         ``preprocessor_config.json``, ``split.json`` (train and held-out subjects) and the
         training settings; ready for ``from_pretrained``, evaluation and the Hub.
     """
-    dataset = load_windows(args.dataset)
+    dataset = None if args.streaming else load_windows(args.dataset)
     processor = load_dataset_processor(args.dataset)
     if args.model_name_or_path:
         model = MEGForMaskedSignalModeling.from_pretrained(args.model_name_or_path)
@@ -137,20 +153,22 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         config = args.model_config(processor.sfreq, processor.patch_length)
         model = MEGForMaskedSignalModeling(config)
     processor.check_model_config(model.config)
-    check_dataset_matches_model(dataset, model.config, name=args.dataset)
     check_distributed_launch(training_args)
-
-    labels = subject_labels(dataset)
-    split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
-    train = select_subjects(dataset, split.train).with_format("numpy")
-    held_out = select_subjects(dataset, split.test).with_format("numpy")
-    logger.info(
-        "pretraining on %d windows of %d subjects, %d held-out windows of %d subjects",
-        len(train),
-        len(split.train),
-        len(held_out),
-        len(split.test),
-    )
+    if args.streaming:
+        split, train, held_out = _streamed_split(args, training_args, processor, model.config)
+    else:
+        check_dataset_matches_model(dataset, model.config, name=args.dataset)
+        labels = subject_labels(dataset)
+        split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
+        train = select_subjects(dataset, split.train).with_format("numpy")
+        held_out = select_subjects(dataset, split.test).with_format("numpy")
+        logger.info(
+            "pretraining on %d windows of %d subjects, %d held-out windows of %d subjects",
+            len(train),
+            len(split.train),
+            len(held_out),
+            len(split.test),
+        )
 
     # One mask stream per process, so the ranks of a distributed run hide different tokens.
     collator = MEGDataCollator(
@@ -158,7 +176,7 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
     )
     trainer = build_trainer(model, training_args, train, held_out, collator)
     train_with_resume(trainer, resume=args.resume)
-    metrics = trainer.evaluate() if len(held_out) else {}
+    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     return export_model(
         trainer,
         processor,
@@ -166,6 +184,42 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         metrics=metrics,
         arguments={"pretraining": {k: v for k, v in asdict(args).items() if k != "dataset"}},
     )
+
+
+def _streamed_split(
+    args: PretrainingArguments,
+    training_args: TrainingArguments,
+    processor: MEGProcessor,
+    config: MEGConfig,
+) -> tuple[SubjectSplit, datasets.IterableDataset, datasets.IterableDataset | None]:
+    """Split a dataset's shards by subject and stream each side."""
+    if training_args.max_steps <= 0:
+        raise TrainingDataError(
+            "streamed windows have no length, so --streaming needs --max_steps (a number of "
+            "optimiser steps) rather than --num_train_epochs."
+        )
+    shards = index_shards(args.dataset)
+    check_windows_match_model(
+        [shard.sfreq for shard in shards], processor.window_samples, config, name=args.dataset
+    )
+    labels = shard_subject_labels(shards)
+    split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
+    sides = {
+        name: [shard.path for shard in shards if shard.subject in set(subjects)]
+        for name, subjects in (("train", split.train), ("test", split.test))
+    }
+    logger.info(
+        "pretraining on %d streamed shards of %d subjects, %d held-out shards of %d subjects",
+        len(sides["train"]),
+        len(split.train),
+        len(sides["test"]),
+        len(split.test),
+    )
+    train = stream_windows(sides["train"], buffer_size=args.shuffle_buffer, seed=training_args.seed)
+    held_out = None
+    if sides["test"]:
+        held_out = stream_windows(sides["test"], buffer_size=None)
+    return split, train, held_out
 
 
 def pretrain(
@@ -180,6 +234,7 @@ def pretrain(
     test_fraction: float = 0.2,
     seed: int = 0,
     resume: bool = False,
+    streaming: bool = False,
     **training_options: Any,
 ) -> Path:
     """Pretrain from Python; see :func:`run_pretraining`.
@@ -198,6 +253,9 @@ def pretrain(
         Held-out subject fraction and the seed of split, masks and initialisation.
     resume : bool
         Continue from the last complete checkpoint in ``output_dir``.
+    streaming : bool
+        Stream the training windows from the dataset's Parquet shards
+        (:func:`~megfm_hf.training.streaming.stream_windows`) instead of the Arrow dataset.
     **training_options
         Further ``TrainingArguments`` (e.g. ``save_steps``, ``bf16``).
     """
@@ -209,6 +267,7 @@ def pretrain(
         split_seed=seed,
         mask_seed=seed,
         resume=resume,
+        streaming=streaming,
         **{k: v for k, v in overrides.items() if k in ARCHITECTURE_FIELDS},
     )
     options = {

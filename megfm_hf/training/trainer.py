@@ -41,6 +41,8 @@ class MEGTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not has_length(dataset):
+            return None  # streamed windows come in their stream's (shuffled) order
         if (
             self.args.train_sampling_strategy == "group_by_length"
             and isinstance(dataset, datasets.Dataset)
@@ -108,11 +110,15 @@ def build_trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset if eval_dataset is not None and len(eval_dataset) else None,
+        eval_dataset=None if eval_dataset is None or _is_empty(eval_dataset) else eval_dataset,
         data_collator=data_collator,
         callbacks=[CheckpointCompletionCallback()],
         **kwargs,
     )
+
+
+def _is_empty(dataset: Any) -> bool:
+    return has_length(dataset) and len(dataset) == 0
 
 
 def train_with_resume(trainer: Trainer, resume: bool) -> TrainOutput:
