@@ -2,10 +2,12 @@
 
 Writes ``--windows`` windows at the reference shape (306 sensors x 1000 samples, float32) as a
 window dataset (Arrow, as ``megfm build-dataset`` saves it, and its Parquet shards), then times
-one epoch of a ``torch.utils.data.DataLoader`` with ``MEGDataCollator`` (shuffled, batch 32) for
+one epoch of a ``torch.utils.data.DataLoader`` with ``MEGDataCollator`` (shuffled, batch 32, pretraining masks drawn) for
 each number of workers in ``--workers``, from
 
-- the Arrow dataset (``datasets.load_from_disk``, NumPy format: what ``megfm pretrain`` uses);
+- the Arrow dataset (``datasets.load_from_disk``) read as ``megfm pretrain`` reads it, a batch
+  of rows at a time (:class:`megfm_hf.training.rows.WindowRows`), and, for comparison, with
+  ``datasets``' NumPy format (window by window);
 - the Parquet shards streamed as ``megfm pretrain --streaming`` does
   (:func:`megfm_hf.training.streaming.stream_windows`: a record batch at a time, shuffle buffer
   256), and, for comparison, with ``datasets.load_dataset(..., streaming=True)`` (which
@@ -40,6 +42,7 @@ from torch.utils.data import DataLoader
 from megfm_hf import MEGConfig
 from megfm_hf.data.shards import rows_table, window_features
 from megfm_hf.training import MEGDataCollator, load_windows
+from megfm_hf.training.rows import WindowRows
 from megfm_hf.training.streaming import stream_windows
 
 from common import write_results
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "dataloader_cpu.json")
     args = parser.parse_args()
     datasets.disable_progress_bars()
-    collate = MEGDataCollator(MEGConfig())
+    collate = MEGDataCollator(MEGConfig(), draw_mask=True)  # as pretraining batches them
     rows = []
     with tempfile.TemporaryDirectory(prefix="megfm-bench-") as workdir:
         arrow, shards = write_windows(Path(workdir), args.windows)
@@ -128,7 +131,8 @@ def main() -> None:
         print(f"{'source':<26} {'workers':>7} {'windows/s':>10} {'MB/s':>8}")
         for workers in args.workers:
             sources = {
-                "arrow (load_from_disk)": load_windows(arrow).with_format("numpy"),
+                "arrow (megfm rows)": WindowRows(load_windows(arrow)),
+                "arrow (datasets numpy)": load_windows(arrow).with_format("numpy"),
                 "parquet (megfm stream)": stream_windows(
                     sorted(shards.glob("*.parquet")), buffer_size=256, seed=0
                 ),

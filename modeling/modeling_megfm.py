@@ -212,9 +212,21 @@ def validate_inputs(
 # --------------------------------------------------------------------------------------------
 
 
-def _rank(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of every entry along the last dimension (0 = smallest)."""
-    return scores.argsort(dim=-1).argsort(dim=-1)
+def _lowest(scores: torch.Tensor, counts: torch.Tensor) -> torch.BoolTensor:
+    """True at the ``counts[b]`` lowest scores of every row ``b`` of ``scores`` `(B, N)`.
+
+    A partial selection (``topk``) rather than a full sort: several times faster for the
+    thousands of tokens of a window. Its results only need ordering when rows want
+    different counts.
+    """
+    chosen = torch.zeros_like(scores, dtype=torch.bool)
+    most = int(counts.max()) if counts.numel() else 0
+    if most == 0:
+        return chosen
+    same = bool((counts == most).all())
+    index = torch.topk(scores, most, dim=-1, largest=False, sorted=not same).indices
+    take = torch.arange(most, device=scores.device) < counts[:, None]
+    return chosen.scatter_(-1, index, take)
 
 
 def compute_signal_mask(
@@ -266,7 +278,7 @@ def compute_signal_mask(
     # Whole sensors: the lowest-ranked valid sensors of a random score.
     num_hidden_sensors = torch.floor(mask_ratio * sensor_fraction * valid_sensors.float()).long()
     sensor_scores = uniform(batch_size, num_sensors).masked_fill(~sensor_mask, 2.0)
-    hidden_sensors = _rank(sensor_scores) < num_hidden_sensors[:, None]
+    hidden_sensors = _lowest(sensor_scores, num_hidden_sensors)
 
     # One time block per window, the same for every sensor.
     block = int(math.floor(mask_ratio * time_fraction * num_patches))
@@ -280,8 +292,8 @@ def compute_signal_mask(
     missing = (target - mask.sum(dim=(1, 2))).clamp(min=0)
     token_scores = uniform(batch_size, num_sensors, num_patches)
     token_scores = token_scores.masked_fill(mask | ~sensor_mask[:, :, None], 2.0)
-    token_rank = _rank(token_scores.view(batch_size, -1)).view(batch_size, num_sensors, num_patches)
-    return mask | (token_rank < missing[:, None, None])
+    chosen = _lowest(token_scores.view(batch_size, -1), missing)
+    return mask | chosen.view(batch_size, num_sensors, num_patches)
 
 
 # --------------------------------------------------------------------------------------------

@@ -271,6 +271,24 @@ def _padded_slots(batch: dict[str, torch.Tensor]) -> int:
     return int((~batch["sensor_mask"]).sum())
 
 
+def test_window_rows_are_the_datasets_rows_decoded_a_batch_at_a_time(tiny_windows):
+    from megfm_hf.training.rows import WindowRows
+
+    rows = WindowRows(tiny_windows)
+    counts = np.array([len(types) for types in tiny_windows["sensor_types"]])
+    uniform = [int(i) for i in np.flatnonzero(counts == 18)[:3]]
+    mixed = [*uniform[:2], int(np.flatnonzero(counts == 15)[0])]
+    for indices in (uniform, mixed, uniform[:1]):
+        for index, row in zip(indices, rows.__getitems__(indices), strict=True):
+            expected = tiny_windows[index]
+            assert set(row) == set(expected)
+            for name, value in expected.items():
+                np.testing.assert_array_equal(np.asarray(row[name]), value, err_msg=name)
+    assert len(rows) == len(tiny_windows)
+    assert rows.sensor_counts() == counts.tolist()
+    np.testing.assert_array_equal(rows[5]["input_values"], tiny_windows[5]["input_values"])
+
+
 def test_sensor_counts_come_from_the_arrow_column(tiny_windows):
     from megfm_hf.training.sampling import sensor_counts
 
@@ -301,7 +319,11 @@ def test_sensor_grouped_sampler_mixes_counts_only_in_its_leftovers():
 
 def test_group_by_length_batches_windows_of_one_sensor_array(tiny_windows, tmp_path):
     # Half the windows come from an 18-sensor helmet, half from a 15-sensor one.
-    grouped = list(_trainer(tiny_windows, tmp_path, "group_by_length").get_train_dataloader())
+    from megfm_hf.training.rows import WindowRows
+
+    trainer = _trainer(tiny_windows, tmp_path, "group_by_length")
+    assert isinstance(trainer.train_dataset, WindowRows)  # read a batch at a time
+    grouped = list(trainer.get_train_dataloader())
     shuffled = list(_trainer(tiny_windows, tmp_path, "random").get_train_dataloader())
     assert sum(map(_padded_slots, grouped)) == 0
     assert sum(map(_padded_slots, shuffled)) > 0

@@ -19,13 +19,24 @@ from .checkpoints import (
     discard_incomplete_checkpoints,
     last_complete_checkpoint,
 )
+from .rows import WindowRows
 from .sampling import SensorGroupedSampler, sensor_counts
 
 logger = logging.getLogger(__name__)
 
 
+def window_rows(dataset: Any) -> Any:
+    """A window dataset as :class:`WindowRows` (batch-at-a-time reading); anything else as is."""
+    if isinstance(dataset, datasets.Dataset) and "input_values" in dataset.column_names:
+        return WindowRows(dataset)
+    return dataset
+
+
 class MEGTrainer(Trainer):
-    """A ``Trainer`` that batches windows of one sensor array together.
+    """A ``Trainer`` that reads windows a batch at a time and batches one sensor array together.
+
+    Window datasets (train, evaluation, prediction) are read through :class:`WindowRows`,
+    which decodes a whole batch of rows at once instead of window by window.
 
     With ``train_sampling_strategy="group_by_length"`` (the megfm default), the "length" of a
     window is its number of sensors, read from the dataset's ``sensor_types`` column without
@@ -39,18 +50,32 @@ class MEGTrainer(Trainer):
     windows (and so to subjects) by position.
     """
 
-    def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
+    def __init__(self, *args, **kwargs):
+        for name in ("train_dataset", "eval_dataset"):
+            if name in kwargs:
+                kwargs[name] = window_rows(kwargs[name])
+        super().__init__(*args, **kwargs)
+
+    def evaluate(self, eval_dataset: Any = None, *args, **kwargs) -> dict[str, float]:
+        return super().evaluate(window_rows(eval_dataset), *args, **kwargs)
+
+    def predict(self, test_dataset: Any, *args, **kwargs):
+        return super().predict(window_rows(test_dataset), *args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not has_length(dataset):
             return None  # streamed windows come in their stream's (shuffled) order
-        if (
-            self.args.train_sampling_strategy == "group_by_length"
-            and isinstance(dataset, datasets.Dataset)
-            and "sensor_types" in dataset.column_names
-        ):
-            args = self.args
-            group_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-            return SensorGroupedSampler(sensor_counts(dataset), group_size)
+        if self.args.train_sampling_strategy == "group_by_length":
+            counts = None
+            if isinstance(dataset, WindowRows):
+                counts = dataset.sensor_counts()
+            elif isinstance(dataset, datasets.Dataset) and "sensor_types" in dataset.column_names:
+                counts = sensor_counts(dataset)
+            if counts is not None:
+                args = self.args
+                group = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+                return SensorGroupedSampler(counts, group)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset: datasets.Dataset) -> Sampler | None:
