@@ -195,6 +195,44 @@ def test_full_mode_encodes_present_tokens_only(equal_counts):
     torch.testing.assert_close(gathered_head.reconstruction, dense_head.reconstruction)
 
 
+@pytest.mark.parametrize("equal_counts", [True, False])
+def test_factorized_mode_drops_sensors_and_patches_without_present_tokens(equal_counts):
+    """Encoding the sub-grid of sensors and patches with present tokens changes no output."""
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode="factorized")).eval()
+    batch = meg_batch(batch_size=3, num_sensors=12, num_samples=60)
+    if not equal_counts:
+        batch["sensor_mask"][1, -3:] = False  # a smaller helmet in one window
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 6, 0.6, 0.3, 0.3, torch.Generator().manual_seed(3)
+    )
+    present = ~mask & batch["sensor_mask"][:, :, None]
+    encoder = model.megfm.encoder
+    seen = []
+    hook = encoder.layers[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    outputs, gradients = {}, {}
+    for gather in (True, False):
+        encoder.gather_present = gather
+        outputs[gather] = (model.megfm(**batch, mask=mask), model(**batch, mask=mask))
+        model.zero_grad()
+        outputs[gather][1].loss.backward()
+        gradients[gather] = [p.grad.clone() for p in encoder.layers[0].parameters()]
+    hook.remove()
+    (gathered, gathered_head), (dense, dense_head) = outputs[True], outputs[False]
+    for first, second in zip(gradients[True], gradients[False], strict=True):
+        torch.testing.assert_close(first, second)
+    kept_sensors = int(present.any(dim=2).sum(dim=1).max())
+    kept_patches = int(present.any(dim=1).sum(dim=1).max())
+    assert kept_sensors < 12 and kept_patches < 6  # the mask hid whole sensors and a block
+    assert seen[0] == (3, kept_sensors, kept_patches, model.config.hidden_size)
+    assert seen[2] == (3, 12, 6, model.config.hidden_size)  # the dense path
+    assert gathered.last_hidden_state[present].abs().sum() > 0
+    assert torch.count_nonzero(gathered.last_hidden_state[~present]) == 0
+    torch.testing.assert_close(gathered.last_hidden_state, dense.last_hidden_state)
+    torch.testing.assert_close(gathered.pooler_output, dense.pooler_output)
+    torch.testing.assert_close(gathered_head.loss, dense_head.loss)
+    torch.testing.assert_close(gathered_head.reconstruction, dense_head.reconstruction)
+
+
 def test_one_model_serves_306_and_275_sensor_arrays():
     model = MEGModel(tiny_config()).eval()
     neuromag = meg_batch(batch_size=1, num_sensors=306, num_samples=20, seed=1)
