@@ -36,6 +36,7 @@ from .data import (
 from .export import export_model, load_dataset_processor
 from .metrics import aggregate_by_subject, softmax, subject_metrics
 from .trainer import (
+    LOADER_DEFAULTS,
     ClassWeightedTrainer,
     build_trainer,
     check_distributed_launch,
@@ -61,10 +62,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "eval_strategy": "no",
     "report_to": [],
-    "dataloader_num_workers": 0,
-    # Batches of one sensor count: no padding where a dataset mixes MEG systems.
-    "train_sampling_strategy": "group_by_length",
-    "dataloader_pin_memory": torch.cuda.is_available(),
+    **LOADER_DEFAULTS,
 }
 
 

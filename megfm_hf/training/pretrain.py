@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 from transformers import TrainingArguments
 
 from ..data.processor import MEGProcessor
@@ -34,6 +33,7 @@ from .data import (
 from .export import export_model, load_dataset_processor
 from .streaming import index_shards, shard_subject_labels, stream_windows
 from .trainer import (
+    LOADER_DEFAULTS,
     build_trainer,
     check_distributed_launch,
     run_from_command_line,
@@ -128,10 +128,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "eval_strategy": "no",
     "report_to": [],
-    "dataloader_num_workers": 0,
-    # Batches of one sensor count: no padding where a dataset mixes MEG systems.
-    "train_sampling_strategy": "group_by_length",
-    "dataloader_pin_memory": torch.cuda.is_available(),
+    **LOADER_DEFAULTS,
 }
 
 

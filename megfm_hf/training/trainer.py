@@ -25,6 +25,16 @@ from .sampling import SensorGroupedSampler, sensor_counts
 logger = logging.getLogger(__name__)
 
 
+#: How pretraining and fine-tuning feed the model, unless told otherwise: batches of one sensor
+#: count (no padding where a dataset mixes MEG systems), and on a GPU worker processes that
+#: read and batch windows while the GPU trains, into pinned memory.
+LOADER_DEFAULTS: dict[str, Any] = {
+    "train_sampling_strategy": "group_by_length",
+    "dataloader_num_workers": min(4, (os.cpu_count() or 1) - 1) if torch.cuda.is_available() else 0,
+    "dataloader_pin_memory": torch.cuda.is_available(),
+}
+
+
 def window_rows(dataset: Any) -> Any:
     """A window dataset as :class:`WindowRows` (batch-at-a-time reading); anything else as is."""
     if isinstance(dataset, datasets.Dataset) and "input_values" in dataset.column_names:
