@@ -787,6 +787,20 @@ def test_two_process_pretraining_on_cpu(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_process_streaming_pretraining_on_cpu(tiny_dataset, tmp_path):
+    # Streamed windows have no length: the first process reads the batches of both.
+    run = tmp_path / "run"
+    arguments = _arguments(tiny_dataset, run, "--use_cpu", "true", "--streaming", "true")
+    arguments[arguments.index("--max_steps") + 1] = "4"
+    result = _torchrun(arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _final_state(run)["global_step"] == 4
+    model_dir = run / "model"
+    assert json.loads((model_dir / "training_args.json").read_text())["pretraining"]["streaming"]
+    MEGForMaskedSignalModeling.from_pretrained(model_dir)
+
+
+@pytest.mark.slow
 def test_two_processes_without_distributed_training_stop_with_advice(tiny_dataset, tmp_path):
     # Without a GPU, the Trainer only goes distributed with use_cpu; otherwise both processes
     # would train alone and write the same folder.

@@ -3,10 +3,10 @@
 ``datasets.load_dataset("parquet", streaming=True)`` decodes and formats every window on its
 own, which holds a data loader to tens of windows per second at 306 sensors x 1000 samples.
 Here each shard (one recording) is read with pyarrow a record batch at a time and its signals
-are reshaped into NumPy arrays without per-window work (:func:`~megfm_hf.data.shards.
-iter_shard_rows`); ``datasets`` still does the rest: shards spread over data-loader workers,
-shard order and a shuffle buffer reseeded every epoch. ``benchmarks/bench_dataloader.py``
-measures both.
+are reshaped into NumPy arrays without per-window work
+(:func:`~megfm_hf.data.shards.iter_shard_rows`); ``datasets`` still does the rest: shards
+spread over data-loader workers, shard order and a shuffle buffer reseeded every epoch.
+``benchmarks/bench_dataloader.py`` measures both.
 
 Shards hold one recording each, so one subject each: subject splits select whole shards, and
 no window is read to find out whose it is.

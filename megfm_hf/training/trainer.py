@@ -20,7 +20,7 @@ from .checkpoints import (
     last_complete_checkpoint,
 )
 from .rows import WindowRows
-from .sampling import SensorGroupedSampler, sensor_counts
+from .sampling import SensorGroupedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +76,12 @@ class MEGTrainer(Trainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not has_length(dataset):
             return None  # streamed windows come in their stream's (shuffled) order
-        if self.args.train_sampling_strategy == "group_by_length":
-            counts = None
-            if isinstance(dataset, WindowRows):
-                counts = dataset.sensor_counts()
-            elif isinstance(dataset, datasets.Dataset) and "sensor_types" in dataset.column_names:
-                counts = sensor_counts(dataset)
-            if counts is not None:
-                args = self.args
-                group = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-                return SensorGroupedSampler(counts, group)
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(
+            dataset, WindowRows
+        ):
+            args = self.args
+            group = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            return SensorGroupedSampler(dataset.sensor_counts(), group)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset: datasets.Dataset) -> Sampler | None:
