@@ -380,6 +380,24 @@ def test_streamed_windows_are_the_datasets_windows_in_a_new_order_each_epoch(
     assert [_window_key(row) for row in stream] != [_window_key(row) for row in first]
 
 
+def test_grouped_stream_keeps_every_window_and_groups_one_sensor_array(tiny_dataset, tiny_windows):
+    from megfm_hf.training.sampling import SensorGroupedStream
+    from megfm_hf.training.streaming import index_shards, stream_windows
+
+    shards = [shard.path for shard in index_shards(tiny_dataset)]
+    stream = SensorGroupedStream(stream_windows(shards, buffer_size=16, seed=0), 5)
+    rows = list(stream)
+    assert sorted(map(_window_key, rows)) == sorted(map(_window_key, tiny_windows))
+    counts = [len(row["sensor_types"]) for row in rows]
+    groups = [set(counts[start : start + 5]) for start in range(0, len(counts), 5)]
+    # 24 windows of each helmet: 4 whole groups each, then 4 + 4 left over.
+    assert all(len(group) == 1 for group in groups[:8]) and len(groups) == 10
+    stream.set_epoch(1)  # forwarded: another shuffle
+    assert [_window_key(row) for row in stream] != [_window_key(row) for row in rows]
+    with pytest.raises(ValueError, match="group_size must be at least 1"):
+        SensorGroupedStream(rows, 0)
+
+
 def test_data_loader_workers_share_the_streamed_shards(tiny_dataset, tiny_windows):
     from torch.utils.data import DataLoader
 

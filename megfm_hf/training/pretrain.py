@@ -8,7 +8,7 @@ runs on ``accelerate``, so the same code trains on one CPU, one GPU (bf16) or ma
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from .data import (
     subject_labels,
 )
 from .export import export_model, load_dataset_processor
+from .sampling import SensorGroupedStream, step_windows
 from .streaming import index_shards, shard_subject_labels, stream_windows
 from .trainer import (
     LOADER_DEFAULTS,
@@ -188,8 +189,9 @@ def _streamed_split(
     training_args: TrainingArguments,
     processor: MEGProcessor,
     config: MEGConfig,
-) -> tuple[SubjectSplit, datasets.IterableDataset, datasets.IterableDataset | None]:
-    """Split a dataset's shards by subject and stream each side."""
+) -> tuple[SubjectSplit, Iterable[dict], datasets.IterableDataset | None]:
+    """Split a dataset's shards by subject and stream each side (training windows grouped by
+    sensor count unless the sampling strategy says otherwise)."""
     if training_args.max_steps <= 0:
         raise TrainingDataError(
             "streamed windows have no length, so --streaming needs --max_steps (a number of "
@@ -213,6 +215,8 @@ def _streamed_split(
         len(split.test),
     )
     train = stream_windows(sides["train"], buffer_size=args.shuffle_buffer, seed=training_args.seed)
+    if training_args.train_sampling_strategy == "group_by_length":
+        train = SensorGroupedStream(train, step_windows(training_args))
     held_out = None
     if sides["test"]:
         held_out = stream_windows(sides["test"], buffer_size=None)

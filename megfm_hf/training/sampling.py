@@ -8,13 +8,15 @@ windows of equal sensor counts removes that padding, and with it the compute spe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import IterableDataset, Sampler
+from transformers import TrainingArguments
 
 
 def sensor_counts(dataset: datasets.Dataset) -> list[int]:
@@ -37,6 +39,12 @@ def sensor_counts(dataset: datasets.Dataset) -> list[int]:
         )
     column = dataset.select_columns(["sensor_types"]).with_format("arrow")[:]["sensor_types"]
     return pc.list_value_length(column).to_pylist()
+
+
+def step_windows(args: TrainingArguments) -> int:
+    """Windows of one optimiser step, over all processes and gradient-accumulation steps: the
+    group that shares a sensor count, so that every process of a step pads alike."""
+    return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
 class SensorGroupedSampler(Sampler[int]):
@@ -86,3 +94,42 @@ class SensorGroupedSampler(Sampler[int]):
             leftovers.append(members[whole:])
         order = [groups[i] for i in rng.permutation(len(groups))] + leftovers
         return iter(np.concatenate(order).tolist() if order else [])
+
+
+class SensorGroupedStream(IterableDataset):
+    """A stream of windows regrouped so that every ``group_size`` consecutive windows share a
+    sensor count: the streaming counterpart of :class:`SensorGroupedSampler`.
+
+    Windows wait in one queue per sensor count until ``group_size`` of them are there, then
+    leave together; at the end of the stream the partial queues follow, largest count first.
+    At most ``group_size`` windows per sensor count wait at any time.
+
+    Parameters
+    ----------
+    stream : iterable of dict
+        Window rows with a ``sensor_types`` entry, e.g.
+        :func:`~megfm_hf.training.streaming.stream_windows`. Its ``set_epoch`` is forwarded.
+    group_size : int
+        Windows per group (see :class:`SensorGroupedSampler`).
+    """
+
+    def __init__(self, stream: Iterable[dict[str, Any]], group_size: int):
+        if group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}.")
+        self.stream = stream
+        self.group_size = group_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.stream, "set_epoch"):
+            self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        waiting: dict[int, list[dict[str, Any]]] = {}
+        for row in self.stream:
+            queue = waiting.setdefault(len(row["sensor_types"]), [])
+            queue.append(row)
+            if len(queue) == self.group_size:
+                yield from queue
+                queue.clear()
+        for count in sorted(waiting, reverse=True):
+            yield from waiting[count]

@@ -20,7 +20,7 @@ from .checkpoints import (
     last_complete_checkpoint,
 )
 from .rows import WindowRows
-from .sampling import SensorGroupedSampler
+from .sampling import SensorGroupedSampler, step_windows
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ class MEGTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(
             dataset, WindowRows
         ):
-            args = self.args
-            group = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-            return SensorGroupedSampler(dataset.sensor_counts(), group)
+            return SensorGroupedSampler(dataset.sensor_counts(), step_windows(self.args))
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset: datasets.Dataset) -> Sampler | None:
