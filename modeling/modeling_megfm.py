@@ -1241,7 +1241,11 @@ class MEGDecoder(nn.Module):
     In `latent` mode the encoder's read-out has already given every hidden token a state
     gathered from the latents of its patch, so the decoder is per-token feed-forward blocks.
     In `full` and `factorized` modes hidden tokens are replaced by a learned mask token (as in
-    ViT-MAE) and attention blocks of the encoder's kind let them gather context.
+    ViT-MAE) and factorized blocks (sensors within a patch, then patches within a sensor) let
+    them gather context from their neighbours in space and time. For `full` this is both the
+    cheaper decoder (no attention over every token of the window) and the one that learns:
+    with full attention in the decoder too, 300 steps at width 64 had not left the "predict
+    zero" solution (`benchmarks/bench_attention_modes.py`).
     """
 
     def __init__(self, config: MEGConfig):
@@ -1257,8 +1261,7 @@ class MEGDecoder(nn.Module):
             )
         else:
             self.mask_token = nn.Parameter(torch.zeros(width))
-            encoder_class = MEGFactorizedEncoder if self.mode == "factorized" else MEGFullEncoder
-            self.mixer = encoder_class(
+            self.mixer = MEGFactorizedEncoder(
                 config, width, config.decoder_num_attention_heads, config.decoder_num_layers
             )
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
