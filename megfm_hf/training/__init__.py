@@ -12,20 +12,30 @@ from .data import (
 )
 from .metrics import aggregate_by_subject, subject_metrics
 from .pretrain import PretrainingArguments, pretrain, run_pretraining
+from .rows import WindowRows
+from .sampling import SensorGroupedSampler, SensorGroupedStream
+from .streaming import index_shards, stream_windows
+from .trainer import MEGTrainer
 
 __all__ = [
     "CheckpointCompletionCallback",
     "MEGDataCollator",
+    "MEGTrainer",
     "PretrainingArguments",
+    "SensorGroupedSampler",
+    "SensorGroupedStream",
     "SubjectSplit",
     "TrainingDataError",
+    "WindowRows",
     "aggregate_by_subject",
     "encode_labels",
+    "index_shards",
     "last_complete_checkpoint",
     "load_windows",
     "pretrain",
     "run_pretraining",
     "split_subjects",
+    "stream_windows",
     "subject_labels",
     "subject_metrics",
 ]

@@ -19,7 +19,7 @@ class WindowRows(torch.utils.data.Dataset):
     from the memory-mapped Arrow table and every column is converted once for the batch
     (:func:`~megfm_hf.data.shards.column_rows`), so signals arrive as views of one buffer.
     ``datasets``' NumPy formatting converts each window's signal on its own and stacks them
-    again; at 306 x 1000 samples this reads several times faster
+    again; at 306 x 1000 samples this reads about twice as fast
     (``benchmarks/bench_dataloader.py``).
 
     Parameters
