@@ -695,6 +695,17 @@ class MEGFactorizedLayer(GradientCheckpointingLayer):
 # --------------------------------------------------------------------------------------------
 
 
+def _present_first(kept: torch.Tensor) -> torch.Tensor:
+    """Indices `(B, K)` of the True entries of `kept` `(B, N)`, in order, K = the most per row.
+
+    Rows with fewer True entries are filled with indices of False ones, which the callers keep
+    out of every attention (the full encoder's key padding, the factorized sub-grid's present
+    flags).
+    """
+    length = max(int(kept.sum(dim=1).max()), 1)
+    return torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :length]
+
+
 @dataclass
 class EncoderResult:
     """What an encoder hands back to the model (internal)."""
@@ -747,11 +758,10 @@ class MEGFullEncoder(nn.Module):
                 tokens, present, grid, output_attentions, output_hidden_states, present
             )
 
-        # Present tokens first, in their original order; `order[:, :length]` indexes them.
+        # Present tokens first, in their original order.
         counts = present.sum(dim=1)
-        length = max(int(counts.max()), 1)
-        order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :length]
-        kept = torch.arange(length, device=grid.device)[None, :] < counts[:, None]
+        order = _present_first(present)
+        kept = torch.arange(order.shape[1], device=grid.device)[None, :] < counts[:, None]
         gathered = tokens.gather(1, order[:, :, None].expand(-1, -1, hidden_size))
         padding = None if bool((counts == counts[0]).all()) else kept
         result = self._encode(
@@ -897,16 +907,6 @@ class MEGFactorizedEncoder(nn.Module):
                 attentions += (temporal_weights,)
                 sensor_attentions += (spatial_weights,)
         return EncoderResult(self.norm(grid), hidden_states, attentions, sensor_attentions)
-
-
-def _present_first(kept: torch.Tensor) -> torch.Tensor:
-    """Indices `(B, K)` of the True entries of `kept` `(B, N)`, in order, K = the most per row.
-
-    Rows with fewer True entries are filled with indices of False ones (absent rows or
-    columns, which the sub-grid's present flags keep out of every attention).
-    """
-    length = max(int(kept.sum(dim=1).max()), 1)
-    return torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :length]
 
 
 def _take_grid(grid: torch.Tensor, sensors: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
