@@ -158,8 +158,8 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
         check_dataset_matches_model(dataset, model.config, name=args.dataset)
         labels = subject_labels(dataset)
         split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
-        train = select_subjects(dataset, split.train).with_format("numpy")
-        held_out = select_subjects(dataset, split.test).with_format("numpy")
+        train = select_subjects(dataset, split.train)
+        held_out = select_subjects(dataset, split.test)
         logger.info(
             "pretraining on %d windows of %d subjects, %d held-out windows of %d subjects",
             len(train),
