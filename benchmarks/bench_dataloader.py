@@ -25,10 +25,7 @@ Prints a table and writes ``benchmarks/results/dataloader_cpu.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +42,7 @@ from megfm_hf.training import MEGDataCollator, load_windows
 from megfm_hf.training.rows import WindowRows
 from megfm_hf.training.streaming import stream_windows
 
-from common import write_results
+from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
 SENSORS, SAMPLES, BATCH = 306, 1000, 32
@@ -167,14 +164,7 @@ def main() -> None:
             f"training {label}: {step_rate:.2f} windows/s; best loader / step = {best / step_rate:.1f}x"
         )
     record = {
-        "benchmark": "dataloader",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": {"kind": "cpu", "cores": os.cpu_count(), "platform": platform.platform()},
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "datasets": datasets.__version__,
-        },
+        **record_header("dataloader", torch, datasets),
         "settings": {
             "windows": args.windows,
             "sensors": SENSORS,

@@ -16,9 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -34,7 +32,7 @@ import transformers
 from megfm_hf.data import MEGProcessor, RecordingSpec, build_dataset
 from megfm_hf.data.testing import make_raw, write_raw
 
-from common import cpu_name, write_results
+from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results" / "dataset_build_cpu.json"
 
@@ -114,23 +112,7 @@ def main() -> None:
             )
 
         record = {
-            "benchmark": "dataset_build",
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": {
-                "kind": "cpu",
-                "cpu": cpu_name(),
-                "cores": os.cpu_count(),
-                "platform": platform.platform(),
-            },
-            "versions": {
-                "python": platform.python_version(),
-                "mne": mne.__version__,
-                "datasets": datasets.__version__,
-                "pyarrow": pyarrow.__version__,
-                "numpy": np.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-            },
+            **record_header("dataset_build", mne, datasets, pyarrow, np, torch, transformers),
             "input": {
                 "recordings": args.recordings,
                 "seconds_each": args.seconds,

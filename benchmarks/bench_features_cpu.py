@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +41,7 @@ from megfm_hf.data.processor import ProcessedRecording
 from megfm_hf.data.testing import make_raw, write_raw
 from megfm_hf.inference import extract_features
 
-from common import cpu_name, write_results
+from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results" / "features_cpu.json"
 TARGET_SECONDS_PER_HOUR = 300.0
@@ -145,21 +143,7 @@ def main() -> None:
             )
 
     record = {
-        "benchmark": "features_cpu",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": {
-            "kind": "cpu",
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "platform": platform.platform(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "mne": mne.__version__,
-        },
+        **record_header("features_cpu", torch, transformers, mne, device={"threads": args.threads}),
         "settings": {
             "minutes": args.minutes,
             "batch_sizes": args.batch_sizes,

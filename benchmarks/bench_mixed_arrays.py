@@ -21,9 +21,6 @@ Prints a table and writes ``benchmarks/results/mixed_arrays_<cpu|gpu name>.json`
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import tempfile
 import time
 from contextlib import nullcontext
@@ -42,7 +39,7 @@ from megfm_hf.training import MEGDataCollator
 from megfm_hf.training.trainer import build_trainer
 
 from bench_training import device_slug, synchronize
-from common import cpu_name, write_results
+from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
 SYSTEMS = {"MEGIN/Elekta": 306, "CTF": 275, "4D/BTi": 248, "KIT": 157}
@@ -165,21 +162,15 @@ def main() -> None:
     speedup = rows[1]["windows_per_s"] / rows[0]["windows_per_s"]
     print(f"group_by_length / random: {speedup:.2f}x")
 
-    kind = "cuda" if device.type == "cuda" else "cpu"
+    cuda = device.type == "cuda"
     record = {
-        "benchmark": "mixed_arrays",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": {
-            "kind": kind,
-            "name": torch.cuda.get_device_name(device) if kind == "cuda" else cpu_name(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        **record_header(
+            "mixed_arrays",
+            torch,
+            transformers,
+            kind=device.type,
+            name=torch.cuda.get_device_name(device) if cuda else None,
+        ),
         "settings": {
             "systems": SYSTEMS,
             "windows_per_system": args.windows_per_system,

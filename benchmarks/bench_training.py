@@ -41,11 +41,9 @@ measurement, so an interrupted run keeps what it finished. ``--output`` writes e
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -70,7 +68,7 @@ from torch.utils.flop_counter import (
 
 from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
 
-from common import cpu_name, write_results
+from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
 PATCH_LENGTH = 25
@@ -689,25 +687,20 @@ def main(argv: list[str] | None = None) -> None:
     cuda = device.type == "cuda"
 
     record: dict[str, Any] = {
-        "benchmark": "training",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": {
-            "kind": device.type,
-            "name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else None,
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "transformers": transformers.__version__,
-        },
+        **record_header(
+            "training",
+            torch,
+            transformers,
+            kind=device.type,
+            name=torch.cuda.get_device_name(device) if cuda else None,
+            device={
+                "cpus_usable": len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else None,
+                "torch_threads": torch.get_num_threads(),
+            },
+            versions={"cuda": torch.version.cuda},
+        ),
         "settings": {
             "batch": settings.batch,
             "sensors": settings.sensors,
