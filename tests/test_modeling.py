@@ -163,16 +163,36 @@ def test_padding_and_bad_sensors_change_nothing_else(mode):
     )
 
 
+def _masked_batch(equal_counts: bool) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """A batch of 3 windows (12 sensors, 6 patches), its pretraining mask and present tokens.
+
+    With ``equal_counts=False`` one window comes from a smaller helmet (3 padded sensors), so
+    its windows hold different numbers of present tokens.
+    """
+    batch = meg_batch(batch_size=3, num_sensors=12, num_samples=60)
+    if not equal_counts:
+        batch["sensor_mask"][1, -3:] = False
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 6, 0.6, 0.3, 0.3, torch.Generator().manual_seed(3)
+    )
+    return batch, mask, ~mask & batch["sensor_mask"][:, :, None]
+
+
+def _assert_same_outputs(gathered, dense, gathered_head, dense_head, present) -> None:
+    """Encoder and pretraining outputs of both paths agree; absent tokens come out as zeros."""
+    assert gathered.last_hidden_state[present].abs().sum() > 0
+    assert torch.count_nonzero(gathered.last_hidden_state[~present]) == 0
+    torch.testing.assert_close(gathered.last_hidden_state, dense.last_hidden_state)
+    torch.testing.assert_close(gathered.pooler_output, dense.pooler_output)
+    torch.testing.assert_close(gathered_head.loss, dense_head.loss)
+    torch.testing.assert_close(gathered_head.reconstruction, dense_head.reconstruction)
+
+
 @pytest.mark.parametrize("equal_counts", [True, False])
 def test_full_mode_encodes_present_tokens_only(equal_counts):
     """The gathered encoder matches the whole-grid one with a key-padding mask, everywhere."""
     model = MEGForMaskedSignalModeling(tiny_config(attention_mode="full")).eval()
-    batch = meg_batch(batch_size=3, num_sensors=12, num_samples=60)
-    if not equal_counts:
-        batch["sensor_mask"][1, -3:] = False  # fewer present tokens in one window
-    mask = compute_signal_mask(
-        batch["sensor_mask"], 6, 0.6, 0.3, 0.3, torch.Generator().manual_seed(3)
-    )
+    batch, mask, present = _masked_batch(equal_counts)
     encoder = model.megfm.encoder
     outputs = {}
     for gather in (True, False):
@@ -182,30 +202,18 @@ def test_full_mode_encodes_present_tokens_only(equal_counts):
             model(**batch, mask=mask),
         )
     (gathered, gathered_head), (dense, dense_head) = outputs[True], outputs[False]
-    present = ~mask & batch["sensor_mask"][:, :, None]
-    assert gathered.last_hidden_state[present].abs().sum() > 0
-    assert torch.count_nonzero(gathered.last_hidden_state[~present]) == 0
-    torch.testing.assert_close(gathered.last_hidden_state, dense.last_hidden_state)
-    torch.testing.assert_close(gathered.pooler_output, dense.pooler_output)
+    _assert_same_outputs(gathered, dense, gathered_head, dense_head, present)
     for first, second in zip(gathered.hidden_states, dense.hidden_states, strict=True):
         torch.testing.assert_close(first, second)
     for first, second in zip(gathered.attentions, dense.attentions, strict=True):
         torch.testing.assert_close(first, second)
-    torch.testing.assert_close(gathered_head.loss, dense_head.loss)
-    torch.testing.assert_close(gathered_head.reconstruction, dense_head.reconstruction)
 
 
 @pytest.mark.parametrize("equal_counts", [True, False])
 def test_factorized_mode_drops_sensors_and_patches_without_present_tokens(equal_counts):
     """Encoding the sub-grid of sensors and patches with present tokens changes no output."""
     model = MEGForMaskedSignalModeling(tiny_config(attention_mode="factorized")).eval()
-    batch = meg_batch(batch_size=3, num_sensors=12, num_samples=60)
-    if not equal_counts:
-        batch["sensor_mask"][1, -3:] = False  # a smaller helmet in one window
-    mask = compute_signal_mask(
-        batch["sensor_mask"], 6, 0.6, 0.3, 0.3, torch.Generator().manual_seed(3)
-    )
-    present = ~mask & batch["sensor_mask"][:, :, None]
+    batch, mask, present = _masked_batch(equal_counts)
     encoder = model.megfm.encoder
     seen = []
     hook = encoder.layers[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
@@ -225,12 +233,7 @@ def test_factorized_mode_drops_sensors_and_patches_without_present_tokens(equal_
     assert kept_sensors < 12 and kept_patches < 6  # the mask hid whole sensors and a block
     assert seen[0] == (3, kept_sensors, kept_patches, model.config.hidden_size)
     assert seen[2] == (3, 12, 6, model.config.hidden_size)  # the dense path
-    assert gathered.last_hidden_state[present].abs().sum() > 0
-    assert torch.count_nonzero(gathered.last_hidden_state[~present]) == 0
-    torch.testing.assert_close(gathered.last_hidden_state, dense.last_hidden_state)
-    torch.testing.assert_close(gathered.pooler_output, dense.pooler_output)
-    torch.testing.assert_close(gathered_head.loss, dense_head.loss)
-    torch.testing.assert_close(gathered_head.reconstruction, dense_head.reconstruction)
+    _assert_same_outputs(gathered, dense, gathered_head, dense_head, present)
 
 
 def test_one_model_serves_306_and_275_sensor_arrays():
