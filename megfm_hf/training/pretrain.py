@@ -204,8 +204,8 @@ def _streamed_split(
     labels = shard_subject_labels(shards)
     split = split_subjects(list(labels), args.test_fraction, args.split_seed, labels)
     sides = {
-        name: [shard.path for shard in shards if shard.subject in set(subjects)]
-        for name, subjects in (("train", split.train), ("test", split.test))
+        name: [shard.path for shard in shards if shard.subject in subjects]
+        for name, subjects in (("train", set(split.train)), ("test", set(split.test)))
     }
     logger.info(
         "pretraining on %d streamed shards of %d subjects, %d held-out shards of %d subjects",
