@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED_THIRD_PARTY = {"torch", "transformers"}
 
@@ -49,3 +51,17 @@ def test_ci_runs_the_readme_test_command():
     command = match.group(1).strip()
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert command in ci_lines, f".ci/run does not run the README's test command: {command}"
+
+
+def test_every_subpackage_is_packaged():
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packaged = set(setuptools["packages"])
+    found = {
+        ".".join(path.parent.relative_to(REPO).parts)
+        for path in (REPO / "megfm_hf").rglob("__init__.py")
+    }
+    missing = sorted(found - packaged)
+    assert not missing, f"pyproject.toml [tool.setuptools] packages leaves out {missing}"
+    for package, folder in setuptools["package-dir"].items():
+        assert package in packaged and (REPO / folder / "__init__.py").is_file(), package
