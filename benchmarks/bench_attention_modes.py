@@ -10,9 +10,10 @@ the same fixed masks, beside the zeros predictor (NMSE 1).
 
     python benchmarks/bench_attention_modes.py [--steps 300] [--skip-speed] [--skip-learning]
 
-Prints a table and writes ``benchmarks/results/attention_modes_<device>.json``; a section
-skipped in a run is kept from the existing file, with the date and versions it was measured
-with.
+Both run on the CPU, where a user without a GPU meets them; on a GPU, ``bench_training.py``
+times every mode at the reference shape. Prints a table and writes
+``benchmarks/results/attention_modes_cpu.json``; a section skipped in a run is kept from the
+existing file, with the date and versions it was measured with.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def main() -> None:
         "--skip-learning", action="store_true", help="keep the file's learning figures"
     )
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cpu"  # every model and batch here stays on the CPU
     path = RESULTS / f"attention_modes_{device}.json"
     # A section not measured in this run is kept from the existing file, with its own date.
     previous = json.loads(path.read_text()) if path.is_file() else {}
