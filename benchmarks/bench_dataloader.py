@@ -13,13 +13,14 @@ each number of workers in ``--workers``, from
   256), and, for comparison, with ``datasets.load_dataset(..., streaming=True)`` (which
   formats every window on its own).
 
-The target is at least twice the training step rate. Where ``results/training_*.json`` exist,
-every loader rate is set beside the default model's training rate at the same shape
-(``latent``, width 256 x 8, mask ratio 0.5), as the ratio loader / step.
+The target is at least twice the training step rate. Where ``training_*.json`` files lie
+beside the output (``results/`` by default), every loader rate is set beside the default
+model's training rate in them (``latent``, width 256 x 8, mask ratio 0.5), as the ratio
+loader / step.
 
     python benchmarks/bench_dataloader.py [--windows 512] [--workers 0 1 2]
 
-Prints a table and writes ``benchmarks/results/dataloader_cpu.json``.
+Prints a table and writes ``benchmarks/results/dataloader_cpu.json`` (``--output`` elsewhere).
 """
 
 from __future__ import annotations
@@ -90,10 +91,10 @@ def epoch_rate(loader: DataLoader, count: int) -> float:
     return (seen - BATCH) / elapsed if seen > BATCH else float("nan")
 
 
-def training_rates() -> dict[str, float]:
-    """The default model's training windows/s at the reference shape, per results file."""
+def training_rates(folder: Path) -> dict[str, float]:
+    """The default model's training windows/s, per ``training_*.json`` file in ``folder``."""
     rates = {}
-    for path in sorted(RESULTS.glob("training_*.json")):
+    for path in sorted(folder.glob("training_*.json")):
         record = json.loads(path.read_text())
         settings = record.get("settings", {})
         for row in record.get("training", []):
@@ -157,7 +158,7 @@ def main() -> None:
                 )
                 print(f"{name:<26} {workers:>7} {rate:>10.1f} {mb_s:>8.0f}", flush=True)
 
-    steps = training_rates()
+    steps = training_rates(args.output.parent)
     for label, step_rate in steps.items():
         best = max(r["windows_per_s"] for r in rows)
         print(

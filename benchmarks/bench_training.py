@@ -733,6 +733,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if cuda:
         record["device"]["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+        record["device"]["memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         record["bf16_matmul_peak"] = measure_matmul_peak(device)
         free_memory(device, compiled=False)
         print(f"bf16 matmul peak: {record['bf16_matmul_peak']['tflops']:.0f} TFLOP/s", flush=True)

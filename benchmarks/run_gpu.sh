@@ -1,37 +1,124 @@
 #!/usr/bin/env bash
-# Every GPU figure in one go, each benchmark in its own process (so one failure or OOM does not
-# stop the others), written to benchmarks/results/. Run from the repository root with the
-# package installed on a CUDA machine:
+# Every GPU figure in one call sized for a short GPU lease: the benchmarks in order of priority,
+# each in its own process (a failure, an OOM or a hang costs that step only) under what is left
+# of a time budget, then a summary against the speed targets (gpu_summary.py).
 #
-#     bash benchmarks/run_gpu.sh            # all
-#     bash benchmarks/run_gpu.sh small      # one step only: small | base | mixed | loader | modes
+#     bash benchmarks/run_gpu.sh [--budget SECONDS] [--results DIR] [--wheels DIR | --no-wheels]
+#                                [STEP ...]
+#     bash benchmarks/run_gpu.sh --rehearse [--results DIR]   # every step at toy sizes on the CPU
 #
-# Each step stays under 10 minutes on an H100.
+# STEP, in the order they run (default: all):
+#   small     training and features at the reference shape, width 256 x 8, every attention
+#             mode and mask ratio, PatchTST beside (bench_training.py)
+#   base      the same at width 768 x 12: does it fit batch 32?
+#   compiled  the default model and PatchTST under torch.compile, mask ratio 0.5
+#   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
+#   mixed     padding and speed when a dataset mixes MEG systems (bench_mixed_arrays.py)
+#
+# --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
+# is stopped when the budget runs out, keeping every measurement it finished. On a machine
+# without network, carry the wheels of benchmarks/gpu_wheels.sh in .whl/ (or --wheels DIR):
+# they are installed into a private folder first (--no-wheels skips them). Results go to benchmarks/results/ (or
+# DIR) and, where $OUT is set, are copied there, with the log. PYTHON names the interpreter
+# (default: python3). --rehearse proves the script end to end anywhere in a minute or two.
 set -uo pipefail
-cd "$(dirname "$0")"
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 1
-gpu=$(python -c "import bench_training as b, torch; print(b.device_slug(torch.device('cuda')))")
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
+all_steps=(small base compiled loader mixed)
+while [ $# -gt 0 ]; do
+    case $1 in
+        --budget) budget=$2; shift 2 ;;
+        --results) results=$2; shift 2 ;;
+        --rehearse) rehearse=1; shift ;;
+        --wheels) wheels=$2; shift 2 ;;
+        --no-wheels) wheels=""; shift ;;
+        -h | --help) sed -n '2,/^set -uo/{/^set -uo/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
+        -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+        *)
+            case " ${all_steps[*]} " in
+                *" $1 "*) steps+=("$1") ;;
+                *) echo "unknown step '$1'; steps are: ${all_steps[*]}" >&2; exit 2 ;;
+            esac
+            shift ;;
+    esac
+done
+[ ${#steps[@]} -gt 0 ] || steps=("${all_steps[@]}")
+results=$(mkdir -p "${results:-$root/benchmarks/results}" && cd "${results:-$root/benchmarks/results}" && pwd)
+cd "$root/benchmarks"
+
+if [ -n "$wheels" ] && [ -d "$wheels" ]; then
+    site=$(mktemp -d)
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
+        "$wheels"/*.whl || exit 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    # The carried megfm wheel must be this tree, or the figures belong to other code.
+    if ! diff -rq -x __pycache__ "$root/modeling" "$site/megfm_hf/modeling" >/dev/null ||
+        ! diff -rq -x __pycache__ -x modeling -x model_cards "$root/megfm_hf" "$site/megfm_hf" >/dev/null; then
+        echo "the megfm-hf wheel in $wheels is not this tree: run benchmarks/gpu_wheels.sh again" >&2
+        exit 1
+    fi
+fi
+
+if [ "$rehearse" = 1 ]; then
+    device=cpu-rehearsal
+    training=(--device cpu --batch 2 --sensors 30 --samples 100 --steps 1 --warmup 0
+        --modes latent factorized full)
+    loader=(--windows 64 --workers 0 2)
+    mixed=(--windows-per-system 4 --samples 100 --batch 4 --device cpu)
+else
+    "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")' || exit 1
+    device=$("$py" -c 'import bench_training as b, torch; print(b.device_slug(torch.device("cuda")))') || exit 1
+    training=()
+    loader=(--windows 1024 --workers 0 2 4 8)
+    mixed=(--windows-per-system 64 --samples 1000 --batch 32)
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+fi
+log="$results/run_gpu_${device}.log"
+: >"$log"
+"$py" -c 'import torch, transformers, datasets, megfm_hf; print("torch", torch.__version__,
+"cuda", torch.version.cuda, "| transformers", transformers.__version__, "| datasets",
+datasets.__version__, "| megfm-hf", megfm_hf.__version__, "from", megfm_hf.__file__)' 2>&1 | tee -a "$log"
+
+prefix="$results/training_${device}"
+declare -A command=(
+    [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
+    [base]="bench_training.py ${training[*]} --sizes base --output ${prefix}_base.json"
+    [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --output ${prefix}_small_compiled.json"
+    [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
+    [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"
+)
+declare -A outcome=()
 failed=0
-run() {
-    echo "== $*"
-    "$@" || { echo "!! failed: $*"; failed=1; }
-}
-step=${1:-all}
-selected() { [ "$step" = all ] || [ "$step" = "$1" ]; }
-if selected small; then
-    run python bench_training.py --sizes small --output "results/training_${gpu}_small.json"
-fi
-if selected base; then
-    run python bench_training.py --sizes base --output "results/training_${gpu}_base.json"
-fi
-if selected mixed; then
-    run python bench_mixed_arrays.py --windows-per-system 64 --samples 1000 --batch 32
-fi
-if selected loader; then
-    run python bench_dataloader.py --windows 1024 --workers 0 2 4 8 \
-        --output "results/dataloader_${gpu}.json"
-fi
-if selected modes; then
-    run python bench_attention_modes.py
+for step in "${steps[@]}"; do
+    left=$((budget - SECONDS))
+    if [ "$left" -lt 45 ]; then
+        outcome[$step]="skipped (${left} s of the budget left)"
+        failed=1
+        continue
+    fi
+    echo "== $step (at ${SECONDS} s, ${left} s left): ${command[$step]}" | tee -a "$log"
+    start=$SECONDS
+    # shellcheck disable=SC2086  # the command line is split into its arguments on purpose
+    PYTHONUNBUFFERED=1 timeout --kill-after=10 "$left" "$py" ${command[$step]} 2>&1 | tee -a "$log"
+    code=${PIPESTATUS[0]}
+    case $code in
+        0) outcome[$step]="ok in $((SECONDS - start)) s" ;;
+        124 | 137) outcome[$step]="stopped at the budget after $((SECONDS - start)) s"; failed=1 ;;
+        *) outcome[$step]="failed (exit $code) after $((SECONDS - start)) s"; failed=1 ;;
+    esac
+done
+
+echo | tee -a "$log"
+"$py" gpu_summary.py --results "$results" --device "$device" 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || failed=1
+{
+    echo
+    echo "steps (budget ${budget} s, used ${SECONDS} s):"
+    for step in "${steps[@]}"; do echo "  $step: ${outcome[$step]}"; done
+} | tee -a "$log"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+    cp "$results"/*"_${device}"*.json "$results"/*"_${device}"*.md "$log" "$OUT"/ 2>/dev/null
+    echo "copied to $OUT: $(ls "$OUT" | tr '\n' ' ')"
 fi
 exit $failed

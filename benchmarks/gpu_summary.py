@@ -1,0 +1,217 @@
+"""A GPU run against the speed targets: one table from what ``run_gpu.sh`` wrote.
+
+Reads, for one device (``--device``, the slug in the file names) from ``--results``, the files
+of ``benchmarks/run_gpu.sh``: ``training_<device>_small.json``, ``training_<device>_base.json``,
+``training_<device>_small_compiled.json``, ``dataloader_<device>.json`` and
+``mixed_arrays_<device>.json`` (any may be missing). It prints, and writes to
+``gpu_summary_<device>.md``, every target with the figure measured and whether it is met:
+
+- the default model (``latent``, width 256 x 8, mask ratio 0.5) at >= 45% model-FLOP
+  utilisation, eager or compiled;
+- >= 3x the training windows/s of transformers' PatchTST at equal width and depth (eager beside
+  eager, compiled beside compiled);
+- the 768 x 12 model training at batch 32;
+- streaming from shards at >= 2x the default model's fastest training rate;
+
+then the padding figures of mixed sensor arrays and the full tables of every training file.
+
+    python benchmarks/gpu_summary.py --device nvidia-h200 [--results benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench_training import markdown
+
+RESULTS = Path(__file__).parent / "results"
+MFU_TARGET = 0.45
+PEER_TARGET = 3.0
+LOADER_TARGET = 2.0
+#: the training files of a run, by variant
+TRAINING = {"eager": "small", "compiled": "small_compiled", "base": "base"}
+STREAM = "parquet (megfm stream)"
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """A results record, or None where the file is absent."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def find(record: dict | None, section: str = "training", **match: Any) -> dict | None:
+    """The first row of ``record[section]`` whose fields equal ``match``."""
+    for row in (record or {}).get(section, []):
+        if all(row.get(key) == value for key, value in match.items()):
+            return row
+    return None
+
+
+def default_row(record: dict | None, size: str = "small") -> dict | None:
+    """The default model's training row (``latent``, mask ratio 0.5) at ``size``."""
+    return find(record, model="megfm", mode="latent", size=size, mask_ratio=0.5)
+
+
+def ok(row: dict | None) -> bool:
+    return bool(row) and row.get("status") == "ok"
+
+
+def verdict(measured: bool, met: bool) -> str:
+    return "not measured" if not measured else ("**met**" if met else "**missed**")
+
+
+def peer_ratio(record: dict | None, mode: str, size: str, ratio: float) -> float | None:
+    """megfm / PatchTST training windows/s for one mode, size and mask ratio."""
+    mine = find(record, model="megfm", mode=mode, size=size, mask_ratio=ratio)
+    peer = find(record, model="patchtst", size=size, mask_ratio=ratio)
+    if not (ok(mine) and ok(peer)):
+        return None
+    return mine["windows_per_s"] / peer["windows_per_s"]
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
+def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for every speed target."""
+    rows = []
+
+    mfus = {
+        variant: default_row(runs[variant])["mfu"]
+        for variant in ("eager", "compiled")
+        if ok(default_row(runs[variant])) and default_row(runs[variant]).get("mfu") is not None
+    }
+    text = "; ".join(
+        f"{variant} {mfu:.1%} ({default_row(runs[variant])['windows_per_s']:,.0f} windows/s)"
+        for variant, mfu in mfus.items()
+    )
+    rows.append(
+        (
+            f"default model (latent 256 x 8, mask 0.5): MFU >= {MFU_TARGET:.0%}",
+            text or "no GPU MFU in these files",
+            verdict(bool(mfus), max(mfus.values(), default=0) >= MFU_TARGET),
+        )
+    )
+
+    ratios = {
+        variant: peer_ratio(runs[variant], "latent", "small", 0.5)
+        for variant in ("eager", "compiled")
+    }
+    ratios = {variant: value for variant, value in ratios.items() if value is not None}
+    others = [
+        f"{size} {mode} {value:.2f}x"
+        for size, variant in (("small", "eager"), ("base", "base"))
+        for mode in ("latent", "factorized", "full")
+        if (size, mode) != ("small", "latent")
+        and (value := peer_ratio(runs[variant], mode, size, 0.5)) is not None
+    ]
+    text = "; ".join(f"default, {variant}: {value:.2f}x" for variant, value in ratios.items())
+    if others:
+        text += f" (mask 0.5, eager: {', '.join(others)})"
+    rows.append(
+        (
+            f"training windows/s >= {PEER_TARGET:g}x PatchTST at equal width and depth",
+            text or "no megfm and PatchTST pair in these files",
+            verdict(bool(ratios), bool(ratios) and min(ratios.values()) >= PEER_TARGET),
+        )
+    )
+
+    base = [row for row in (runs["base"] or {}).get("training", []) if row["model"] == "megfm"]
+    latent = [row for row in base if row["mode"] == "latent"]
+    batch = (runs["base"] or {}).get("settings", {}).get("batch")
+    memory = (runs["base"] or {}).get("device", {}).get("memory_bytes")
+    text = ", ".join(
+        f"{row['mode']} {row['mask_ratio']:g}: "
+        + (_gib(row["peak_memory_bytes"]) if ok(row) else row["status"])
+        for row in base
+    )
+    if memory:
+        text += f" (of {_gib(memory)})"
+    rows.append(
+        (
+            f"768 x 12 trains at batch 32 (here: batch {batch})",
+            text or "no base run in these files",
+            verdict(bool(latent), batch == 32 and all(ok(row) for row in latent)),
+        )
+    )
+
+    steps = [
+        default_row(runs[variant])["windows_per_s"]
+        for variant in ("eager", "compiled")
+        if ok(default_row(runs[variant]))
+    ]
+    streams = [row for row in (loader or {}).get("results", []) if row["source"] == STREAM]
+    best = max(streams, key=lambda row: row["windows_per_s"], default=None)
+    measured = bool(steps) and best is not None
+    text = "no loader and training rates in these files"
+    if measured:
+        text = (
+            f"{best['windows_per_s']:,.0f} windows/s streamed ({best['workers']} workers) against "
+            f"{max(steps):,.0f} training windows/s: {best['windows_per_s'] / max(steps):.1f}x"
+        )
+    rows.append(
+        (
+            f"streaming from shards >= {LOADER_TARGET:g}x the default model's training rate",
+            text,
+            verdict(measured, measured and best["windows_per_s"] >= LOADER_TARGET * max(steps)),
+        )
+    )
+    return rows
+
+
+def summary(results: Path, device: str) -> str | None:
+    """The Markdown summary of one device's files in ``results``; None where there are none."""
+    runs = {
+        variant: load(results / f"training_{device}_{suffix}.json")
+        for variant, suffix in TRAINING.items()
+    }
+    loader = load(results / f"dataloader_{device}.json")
+    mixed = load(results / f"mixed_arrays_{device}.json")
+    present = [record for record in (*runs.values(), loader, mixed) if record]
+    if not present:
+        return None
+    first = present[0]
+    lines = [
+        f"# Speed targets on {first['device']['name']}",
+        "",
+        f"{first['date']}; " + ", ".join(f"{k} {v}" for k, v in first["versions"].items() if v),
+    ]
+    peak = next((r["bf16_matmul_peak"] for r in runs.values() if r and r["bf16_matmul_peak"]), None)
+    if peak:
+        lines.append(f"bf16 matmul peak measured in the run: {peak['tflops']:.0f} TFLOP/s")
+    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in target_rows(runs, loader)]
+    if mixed:
+        shares = ", ".join(
+            f"{row['sampling']} {row['padded_share']:.1%} padded, {row['windows_per_s']:,.1f} windows/s"
+            for row in mixed["results"]
+        )
+        lines += ["", f"Mixed sensor arrays: {shares}; grouped / random {mixed['speedup']:.2f}x."]
+    for variant, record in runs.items():
+        if record:
+            lines += ["", f"## Training file: {variant}", "", markdown(record)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", required=True, help="the slug in the file names")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    text = summary(args.results, args.device)
+    if text is None:
+        print(f"no results for device '{args.device}' in {args.results}", file=sys.stderr)
+        return 1
+    path = args.results / f"gpu_summary_{args.device}.md"
+    path.write_text(text)
+    print(text)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The GPU benchmark run, rehearsed on the CPU, and its summary against the speed targets.
+
+A GPU lease is short and rare, so the script that spends it must work the first time: here it
+runs every step at toy sizes (``run_gpu.sh --rehearse``), and the summary's verdicts are
+checked on records whose figures are known.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import gpu_summary  # noqa: E402
+
+DEVICE = "cpu-rehearsal"
+
+
+@pytest.mark.slow
+def test_gpu_run_rehearsal_writes_every_record(tmp_path):
+    steps = ["small", "base", "loader", "mixed"]  # `compiled` compiles for minutes on 2 cores
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "--no-wheels"]
+        + ["--results", str(tmp_path), *steps],
+        env={**os.environ, "PYTHON": sys.executable, "OUT": ""},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for step in steps:
+        assert f"{step}: ok" in result.stdout
+
+    for size in ("small", "base"):
+        record = json.loads((tmp_path / f"training_{DEVICE}_{size}.json").read_text())
+        rows = record["training"] + record["feature_extraction"]
+        assert {(row["model"], row["mode"]) for row in rows} == {
+            ("patchtst", "channel"),
+            ("megfm", "latent"),
+            ("megfm", "factorized"),
+            ("megfm", "full"),
+        }
+        assert all(row["status"] == "ok" and row["windows_per_s"] > 0 for row in rows), rows
+        assert all(row["size"] == size for row in rows)
+
+    loader = json.loads((tmp_path / f"dataloader_{DEVICE}.json").read_text())
+    assert gpu_summary.STREAM in {row["source"] for row in loader["results"]}
+    # The loader is set beside the training rate of the run's own training file.
+    assert any(f"training_{DEVICE}_small.json" in key for key in loader["training_windows_per_s"])
+    mixed = json.loads((tmp_path / f"mixed_arrays_{DEVICE}.json").read_text())
+    assert [row["sampling"] for row in mixed["results"]] == ["random", "group_by_length"]
+    assert mixed["results"][1]["padded_share"] == 0.0 < mixed["results"][0]["padded_share"]
+
+    summary = (tmp_path / f"gpu_summary_{DEVICE}.md").read_text()
+    assert summary.count("| **met** |") + summary.count("| **missed** |") == 3
+    assert "no GPU MFU in these files | not measured" in summary  # a CPU has no bf16 peak
+    assert (tmp_path / f"run_gpu_{DEVICE}.log").read_text().count("== ") == len(steps)
+
+
+def test_gpu_run_refuses_unknown_steps():
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "everything"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "unknown step 'everything'" in result.stderr
+
+
+def _row(model: str, mode: str, size: str, ratio: float, rate: float, **extra) -> dict:
+    return {
+        "model": model, "mode": mode, "size": size, "mask_ratio": ratio, "status": "ok",
+        "windows_per_s": rate, "mfu": None, "peak_memory_bytes": 10 * 2**30, **extra,
+    }  # fmt: skip
+
+
+def _runs() -> tuple[dict, dict]:
+    """An H200-like run: eager default at 30% MFU, compiled at 50%, 4x / 3.5x PatchTST."""
+
+    def record(rows: list[dict], batch: int = 32) -> dict:
+        return {"settings": {"batch": batch}, "device": {"memory_bytes": 140 * 2**30},
+                "training": rows, "feature_extraction": []}  # fmt: skip
+
+    eager = record(
+        [
+            _row("patchtst", "channel", "small", 0.5, 100.0),
+            _row("megfm", "latent", "small", 0.5, 400.0, mfu=0.30),
+            _row("megfm", "factorized", "small", 0.5, 150.0, mfu=0.20),
+        ]
+    )
+    compiled = record(
+        [
+            _row("patchtst", "channel", "small", 0.5, 200.0),
+            _row("megfm", "latent", "small", 0.5, 700.0, mfu=0.50),
+        ]
+    )
+    base = record(
+        [
+            _row("patchtst", "channel", "base", 0.5, 20.0),
+            _row("megfm", "latent", "base", 0.5, 90.0),
+            {**_row("megfm", "factorized", "base", 0.5, 0.0), "status": "OOM"},
+        ]
+    )
+    loader = {
+        "results": [
+            {"source": gpu_summary.STREAM, "workers": 0, "windows_per_s": 1000.0},
+            {"source": gpu_summary.STREAM, "workers": 4, "windows_per_s": 1500.0},
+            {"source": "arrow (megfm rows)", "workers": 4, "windows_per_s": 9000.0},
+        ]
+    }
+    return {"eager": eager, "compiled": compiled, "base": base}, loader
+
+
+def _verdicts(runs: dict, loader: dict | None) -> list[str]:
+    return [verdict for _, _, verdict in gpu_summary.target_rows(runs, loader)]
+
+
+def test_summary_verdicts_follow_the_figures():
+    runs, loader = _runs()
+    rows = gpu_summary.target_rows(runs, loader)
+    assert [verdict for _, _, verdict in rows] == ["**met**"] * 4
+    assert "eager 30.0%" in rows[0][1] and "compiled 50.0%" in rows[0][1]
+    assert "default, eager: 4.00x; default, compiled: 3.50x" in rows[1][1]
+    assert "base latent 4.50x" in rows[1][1]
+    assert "factorized 0.5: OOM" in rows[2][1]
+    # Only the streamed shards count, against the fastest training rate (700 windows/s).
+    assert "1,500 windows/s streamed (4 workers) against 700 training windows/s: 2.1x" in rows[3][1]
+
+    slower = copy.deepcopy(runs)
+    slower["compiled"]["training"][1].update(mfu=0.44, windows_per_s=760.0)
+    assert _verdicts(slower, loader) == ["**missed**", "**met**", "**met**", "**missed**"]
+
+    oom = copy.deepcopy(runs)
+    oom["base"]["training"][1]["status"] = "OOM"
+    assert _verdicts(oom, loader)[2] == "**missed**"
+    small_batch = copy.deepcopy(runs)
+    small_batch["base"]["settings"]["batch"] = 8
+    assert _verdicts(small_batch, loader)[2] == "**missed**"
+
+    assert _verdicts({"eager": None, "compiled": None, "base": None}, None) == ["not measured"] * 4
+
+
+def test_summary_of_a_folder_without_results(tmp_path):
+    assert gpu_summary.summary(tmp_path, "nvidia-h200") is None
+    assert gpu_summary.main(["--device", "nvidia-h200", "--results", str(tmp_path)]) == 1
