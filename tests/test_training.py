@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from megfm_hf.data import MEGProcessor, build_dataset
 from megfm_hf.data.manifest import RecordingSpec
@@ -417,7 +418,18 @@ def test_data_loader_workers_share_the_streamed_shards(tiny_dataset, tiny_window
     assert len(set(firsts.tolist())) == len(tiny_windows)
 
 
+class StepCounter(TrainerCallback):
+    """Counts the optimiser steps a ``Trainer`` reports to its callbacks."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
 def test_streaming_pretraining_trains_on_the_training_subjects_shards(tiny_dataset, tmp_path):
+    counter = StepCounter()
     model_dir = pretrain(
         tiny_dataset,
         tmp_path / "run",
@@ -425,9 +437,11 @@ def test_streaming_pretraining_trains_on_the_training_subjects_shards(tiny_datas
         max_steps=4,
         batch_size=BATCH,
         streaming=True,
+        callbacks=[counter],
         save_strategy="no",
         disable_tqdm=True,
     )
+    assert counter.steps == 4  # user callbacks reach the Trainer
     split = json.loads((model_dir / "split.json").read_text())
     assert split["train"] and split["test"] and not set(split["train"]) & set(split["test"])
     state = json.loads((model_dir / "trainer_state.json").read_text())
@@ -838,6 +852,7 @@ def test_finetuning_reports_per_subject_and_exports_a_plain_classifier(
     from megfm_hf import MEGForSequenceClassification
     from megfm_hf.training.finetune import finetune
 
+    counter = StepCounter()
     model_dir = finetune(
         simulated_cohort["dataset"],
         pretrained_model,
@@ -846,9 +861,11 @@ def test_finetuning_reports_per_subject_and_exports_a_plain_classifier(
         max_steps=4,
         batch_size=8,
         seed=0,
+        callbacks=[counter],
         save_strategy="no",
         disable_tqdm=True,
     )
+    assert counter.steps == 4
     split = json.loads((model_dir / "split.json").read_text())
     assert not set(split["train"]) & set(split["test"])
     with open(tmp_path / "run" / "subject_predictions.tsv") as handle:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from ..modeling.modeling_megfm import MEGForSequenceClassification
 from .checkpoints import write_json_atomic
@@ -136,7 +136,11 @@ def predict_windows(trainer, dataset) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=float))
 
 
-def run_finetuning(args: FinetuningArguments, training_args: TrainingArguments) -> Path:
+def run_finetuning(
+    args: FinetuningArguments,
+    training_args: TrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Path:
     """Fine-tune, evaluate per subject on held-out subjects and export the classifier.
 
     Writes ``{output_dir}/model`` (the classifier with ``id2label``, processor and
@@ -196,6 +200,7 @@ def run_finetuning(args: FinetuningArguments, training_args: TrainingArguments) 
         None,
         MEGDataCollator(model.config),
         trainer_class=ClassWeightedTrainer,
+        callbacks=callbacks,
         class_weights=weights,
     )
     train_with_resume(trainer, resume=args.resume)
@@ -258,9 +263,10 @@ def finetune(
     learning_rate: float = 3e-4,
     test_fraction: float = 0.25,
     seed: int = 0,
+    callbacks: Sequence[TrainerCallback] = (),
     **training_options: Any,
 ) -> Path:
-    """Fine-tune from Python; see :func:`run_finetuning`."""
+    """Fine-tune from Python; see :func:`run_finetuning` (``callbacks`` go to the ``Trainer``)."""
     arguments = FinetuningArguments(
         dataset=str(dataset_dir),
         model_name_or_path=str(model_dir),
@@ -277,7 +283,7 @@ def finetune(
         "seed": seed,
         **training_options,
     }
-    return run_finetuning(arguments, TrainingArguments(**options))
+    return run_finetuning(arguments, TrainingArguments(**options), callbacks)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

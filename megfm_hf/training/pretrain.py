@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from ..data.processor import MEGProcessor
 from ..modeling.configuration_megfm import MEGConfig
@@ -133,8 +133,14 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
-def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments) -> Path:
+def run_pretraining(
+    args: PretrainingArguments,
+    training_args: TrainingArguments,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Path:
     """Pretrain a masked-signal model and export it.
+
+    ``callbacks`` are handed to the ``Trainer`` (logging, early stopping, timing).
 
     Returns
     -------
@@ -172,7 +178,7 @@ def run_pretraining(args: PretrainingArguments, training_args: TrainingArguments
     collator = MEGDataCollator(
         model.config, draw_mask=True, seed=args.mask_seed + training_args.process_index
     )
-    trainer = build_trainer(model, training_args, train, held_out, collator)
+    trainer = build_trainer(model, training_args, train, held_out, collator, callbacks=callbacks)
     train_with_resume(trainer, resume=args.resume)
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     return export_model(
@@ -236,6 +242,7 @@ def pretrain(
     seed: int = 0,
     resume: bool = False,
     streaming: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
     **training_options: Any,
 ) -> Path:
     """Pretrain from Python; see :func:`run_pretraining`.
@@ -257,6 +264,8 @@ def pretrain(
     streaming : bool
         Stream the training windows from the dataset's Parquet shards
         (:func:`~megfm_hf.training.streaming.stream_windows`) instead of the Arrow dataset.
+    callbacks : sequence of transformers.TrainerCallback
+        Handed to the ``Trainer``.
     **training_options
         Further ``TrainingArguments`` (e.g. ``save_steps``, ``bf16``).
     """
@@ -283,7 +292,7 @@ def pretrain(
         "seed": seed,
         **training_options,
     }
-    return run_pretraining(arguments, TrainingArguments(**options))
+    return run_pretraining(arguments, TrainingArguments(**options), callbacks)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -11,7 +11,13 @@ from typing import Any
 import datasets
 import torch
 from torch.utils.data import Sampler, SequentialSampler
-from transformers import HfArgumentParser, PreTrainedModel, Trainer, TrainingArguments
+from transformers import (
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_utils import TrainOutput, has_length
 
 from .checkpoints import (
@@ -132,16 +138,17 @@ def build_trainer(
     eval_dataset: datasets.Dataset | None,
     data_collator: Callable,
     trainer_class: type[Trainer] = MEGTrainer,
+    callbacks: Sequence[TrainerCallback] = (),
     **kwargs,
 ) -> Trainer:
-    """A ``Trainer`` with crash-safe checkpoint marking."""
+    """A ``Trainer`` with crash-safe checkpoint marking, then ``callbacks``."""
     return trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=None if eval_dataset is None or _is_empty(eval_dataset) else eval_dataset,
         data_collator=data_collator,
-        callbacks=[CheckpointCompletionCallback()],
+        callbacks=[CheckpointCompletionCallback(), *callbacks],
         **kwargs,
     )
 
