@@ -46,27 +46,34 @@ from megfm_hf.training.streaming import stream_windows
 from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
-SENSORS, SAMPLES, BATCH = 306, 1000, 32
+SENSORS, SAMPLES, BATCH, SFREQ = 306, 1000, 32, 250.0
 
 
-def write_windows(folder: Path, count: int, shard_size: int = 64) -> tuple[Path, Path]:
-    """Write ``count`` random windows as an Arrow dataset and as Parquet shards."""
+def write_windows(
+    folder: Path,
+    count: int,
+    shard_size: int = 64,
+    sensors: int = SENSORS,
+    samples: int = SAMPLES,
+) -> tuple[Path, Path]:
+    """Write ``count`` random windows as an Arrow dataset and as Parquet shards, one subject
+    per shard."""
     rng = np.random.default_rng(0)
-    features = window_features(SAMPLES)
-    positions = rng.normal(size=(SENSORS, 6)).astype(np.float32) * 0.1
-    types = np.array([0, 1, 1] * (SENSORS // 3))
+    features = window_features(samples)
+    positions = rng.normal(size=(sensors, 6)).astype(np.float32) * 0.1
+    types = (np.arange(sensors) % 3 != 0).astype(np.int64)
     shards = folder / "parquet"
     shards.mkdir(parents=True)
     for index, start in enumerate(range(0, count, shard_size)):
         n = min(shard_size, count - start)
         table = rows_table(
             features,
-            input_values=rng.normal(size=(n, SENSORS, SAMPLES)).astype(np.float32),
+            input_values=rng.normal(size=(n, sensors, samples)).astype(np.float32),
             sensor_positions=positions,
             sensor_types=types,
-            sensor_mask=np.ones(SENSORS, dtype=bool),
-            sfreq=250.0,
-            onset_s=np.arange(n) * 4.0,
+            sensor_mask=np.ones(sensors, dtype=bool),
+            sfreq=SFREQ,
+            onset_s=np.arange(n) * samples / SFREQ,
             strings={
                 "subject": f"s{index:03d}", "session": "", "state": "rest", "label": "",
                 "event": "", "recording": f"r{index:03d}",

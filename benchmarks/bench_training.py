@@ -4,8 +4,9 @@ For every width (``small`` 256 x 8 layers, 8 heads; ``base`` 768 x 12 layers, 12
 attention mode (``latent``, ``factorized``, ``full``) and every mask ratio, this measures on
 random windows of ``--sensors`` x ``--samples`` (patches of 25 samples):
 
-- a full pretraining step of ``MEGForMaskedSignalModeling`` (mask drawn in the model, forward,
-  backward, AdamW step; fused AdamW and ``torch.autocast(bfloat16)`` on CUDA): windows/s and
+- a full pretraining step of ``MEGForMaskedSignalModeling`` (forward, backward, AdamW step;
+  fused AdamW and ``torch.autocast(bfloat16)`` on CUDA), its mask drawn on the CPU as the
+  pretraining collator draws it in the data loader and passed in: windows/s and
   tokens/s (tokens = sensors x patches), the median of ``--steps`` timed steps after
   ``--warmup`` untimed ones;
 - feature extraction with ``MEGModel`` (no mask, no grad, same precision): windows/s;
@@ -31,6 +32,7 @@ the defaults shrink to what a CPU finishes: batch 8, 306 x 500 samples, width 25
 
     python benchmarks/bench_training.py                       # CPU or GPU defaults
     python benchmarks/bench_training.py --sizes base --modes latent --compile
+    python benchmarks/bench_training.py --modes latent --compile-mode reduce-overhead
     python benchmarks/bench_training.py --print-table benchmarks/results/training_cpu.json
 
 Prints a Markdown table and writes ``benchmarks/results/training_<device>.json`` (``cpu``, or
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import re
@@ -316,8 +319,22 @@ class Settings:
     samples: int
     steps: int
     warmup: int
-    compile: bool
+    #: ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ...); None runs eagerly
+    compile_mode: str | None
     gradient_checkpointing: bool
+
+    @property
+    def compile(self) -> bool:
+        return self.compile_mode is not None
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Whether the compiled model replays CUDA graphs (each step must say where it starts)."""
+        return self.compile_mode in ("reduce-overhead", "max-autotune")
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` under ``torch.compile`` in the chosen mode, or itself when eager."""
+        return torch.compile(model, mode=self.compile_mode) if self.compile else model
 
     @property
     def patches(self) -> int:
@@ -373,18 +390,38 @@ def time_training(
     inputs: Any,
 ) -> list[float]:
     """Seconds of timed training steps: ``one_step`` (forward, backward) and an AdamW step,
-    on ``model`` compiled when the settings ask for it (fused AdamW on CUDA)."""
-    net = torch.compile(model) if settings.compile else model
+    on ``model`` compiled when the settings ask for it (fused AdamW on CUDA).
+
+    ``inputs`` is a list of inputs, one per step in turn (fresh pretraining masks, as the
+    collator draws them), or one input for every step.
+    """
+    net = settings.compiled(model)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-4, weight_decay=0.05, fused=settings.device.type == "cuda"
     )
+    turns = itertools.cycle(inputs if isinstance(inputs, list) else [inputs])
 
     def step() -> None:
+        if settings.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
-        one_step(net, inputs)
+        one_step(net, next(turns))
         optimizer.step()
 
     return time_steps(step, settings.warmup, settings.steps, settings.device)
+
+
+def collator_masks(
+    model: MEGForMaskedSignalModeling, settings: Settings, count: int = 4
+) -> list[torch.Tensor]:
+    """``count`` pretraining masks of the whole batch, drawn on the CPU as
+    ``MEGDataCollator`` draws them in the data loader, then moved to the device."""
+    generator = torch.Generator().manual_seed(0)
+    valid = torch.ones(settings.batch, settings.sensors, dtype=torch.bool)
+    return [
+        model.draw_mask(valid, settings.patches, generator).to(settings.device)
+        for _ in range(count)
+    ]
 
 
 def train_megfm(
@@ -403,13 +440,15 @@ def train_megfm(
                 loss = net(**batch).loss
             loss.backward()
 
-        flops = count_flops(lambda: one_step(model, batch_of(inputs, 1)))
+        # The mask is an input, as in pretraining, where the collator draws it.
+        batches = [{**inputs, "mask": mask} for mask in collator_masks(model, settings)]
+        flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1)))
         model.zero_grad(set_to_none=True)
         if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        seconds = time_training(settings, model, one_step, inputs)
+        seconds = time_training(settings, model, one_step, batches)
     row.update(_figures(settings, seconds, flops, peak))
     return row
 
@@ -449,7 +488,7 @@ def features_megfm(
         with settings.device:
             model = MEGModel(megfm_config(size, mode, 0.5)).eval()
         row["parameters"] = sum(p.numel() for p in model.parameters())
-        net = torch.compile(model) if settings.compile else model
+        net = settings.compiled(model)
 
         def forward(module: torch.nn.Module, batch: dict) -> None:
             with torch.no_grad(), settings.autocast():
@@ -473,7 +512,7 @@ def features_patchtst(
         with settings.device:
             model = transformers.PatchTSTModel(config).eval()
         row["parameters"] = sum(p.numel() for p in model.parameters())
-        net = torch.compile(model) if settings.compile else model
+        net = settings.compiled(model)
 
         def forward(module: torch.nn.Module, values: torch.Tensor) -> None:
             with torch.no_grad(), settings.autocast():
@@ -565,7 +604,7 @@ def markdown(record: dict) -> str:
     lines = [
         f"{record['device']['name']} ({record['device']['kind']}), batch {s['batch']}, "
         f"{s['sensors']} sensors x {s['samples']} samples ({s['tokens_per_window']} tokens), "
-        f"{s['precision']}, compile={s['compile']}, "
+        f"{s['precision']}, compile={s.get('compile_mode') or s['compile']}, "
         f"gradient checkpointing={s['gradient_checkpointing']}, median of {s['steps']} steps",
     ]
     if mem != "peak_memory_bytes":
@@ -639,6 +678,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, help="untimed steps first")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile mode (implies --compile; default: default); reduce-overhead and "
+        "max-autotune replay CUDA graphs",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="megfm only")
     parser.add_argument("--skip-features", action="store_true", help="training steps only")
     parser.add_argument("--skip-patchtst", action="store_true", help="megfm only")
@@ -660,9 +705,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch, --sensors, --samples and --steps must be >= 1, --warmup >= 0")
     if not all(0 <= ratio < 1 for ratio in args.ratios):
         parser.error("--ratios must lie in [0, 1)")
-    if args.compile and args.warmup < 2:
-        print("--compile: warming up for 2 steps so that compilation stays out of the timing")
-        args.warmup = 2
+    if args.compile_mode or args.compile:
+        args.compile_mode = args.compile_mode or "default"
+        # Compilation, and with CUDA graphs their recording, stay out of the timing.
+        least = 3 if args.compile_mode in ("reduce-overhead", "max-autotune") else 2
+        if args.warmup < least:
+            print(f"--compile: warming up for {least} steps so that compiling is not timed")
+            args.warmup = least
     return args
 
 
@@ -679,7 +728,7 @@ def main(argv: list[str] | None = None) -> None:
         samples=args.samples,
         steps=args.steps,
         warmup=args.warmup,
-        compile=args.compile,
+        compile_mode=args.compile_mode,
         gradient_checkpointing=args.gradient_checkpointing,
     )
     sizes = list(SIZES.values()) if args.sizes == "all" else [SIZES[args.sizes]]
@@ -714,6 +763,9 @@ def main(argv: list[str] | None = None) -> None:
             "steps": settings.steps,
             "warmup": settings.warmup,
             "compile": settings.compile,
+            "compile_mode": settings.compile_mode,
+            "mask": "drawn on the CPU as MEGDataCollator draws it, passed to the model as an "
+            "input (4 masks in turn); PatchTST draws its own inside its forward",
             "gradient_checkpointing": settings.gradient_checkpointing,
             "precision": "bf16 autocast" if cuda else "float32",
             "optimizer": "AdamW (fused)" if cuda else "AdamW",

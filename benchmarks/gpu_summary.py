@@ -2,18 +2,20 @@
 
 Reads, for one device (``--device``, the slug in the file names) from ``--results``, the files
 of ``benchmarks/run_gpu.sh``: ``training_<device>_small.json``, ``training_<device>_base.json``,
-``training_<device>_small_compiled.json``, ``dataloader_<device>.json`` and
-``mixed_arrays_<device>.json`` (any may be missing). It prints, and writes to
+``training_<device>_small_compiled.json``, ``training_<device>_small_graphs.json``,
+``dataloader_<device>.json``,
+``pretrain_<device>.json`` and ``mixed_arrays_<device>.json`` (any may be missing). It prints, and writes to
 ``gpu_summary_<device>.md``, every target with the figure measured and whether it is met:
 
 - the default model (``latent``, width 256 x 8, mask ratio 0.5) at >= 45% model-FLOP
-  utilisation, eager or compiled;
+  utilisation, eager, compiled or compiled with CUDA graphs;
 - >= 3x the training windows/s of transformers' PatchTST at equal width and depth (eager beside
   eager, compiled beside compiled);
 - the 768 x 12 model training at batch 32;
 - streaming from shards at >= 2x the default model's fastest training rate;
 
-then the padding figures of mixed sensor arrays and the full tables of every training file.
+then the rate of ``megfm pretrain``'s own loop against the bare step, the padding figures of
+mixed sensor arrays and the full tables of every training file.
 
     python benchmarks/gpu_summary.py --device nvidia-h200 [--results benchmarks/results]
 """
@@ -33,7 +35,14 @@ MFU_TARGET = 0.45
 PEER_TARGET = 3.0
 LOADER_TARGET = 2.0
 #: the training files of a run, by variant
-TRAINING = {"eager": "small", "compiled": "small_compiled", "base": "base"}
+TRAINING = {
+    "eager": "small",
+    "compiled": "small_compiled",
+    "graphs": "small_graphs",
+    "base": "base",
+}
+#: the variants that time the default model
+DEFAULT_VARIANTS = ("eager", "compiled", "graphs")
 STREAM = "parquet (megfm stream)"
 
 
@@ -81,12 +90,13 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
     rows = []
 
     mfus = {
-        variant: default_row(runs[variant])["mfu"]
-        for variant in ("eager", "compiled")
-        if ok(default_row(runs[variant])) and default_row(runs[variant]).get("mfu") is not None
+        variant: default_row(runs.get(variant))["mfu"]
+        for variant in DEFAULT_VARIANTS
+        if ok(default_row(runs.get(variant)))
+        and default_row(runs.get(variant)).get("mfu") is not None
     }
     text = "; ".join(
-        f"{variant} {mfu:.1%} ({default_row(runs[variant])['windows_per_s']:,.0f} windows/s)"
+        f"{variant} {mfu:.1%} ({default_row(runs.get(variant))['windows_per_s']:,.0f} windows/s)"
         for variant, mfu in mfus.items()
     )
     rows.append(
@@ -98,7 +108,7 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
     )
 
     ratios = {
-        variant: peer_ratio(runs[variant], "latent", "small", 0.5)
+        variant: peer_ratio(runs.get(variant), "latent", "small", 0.5)
         for variant in ("eager", "compiled")
     }
     ratios = {variant: value for variant, value in ratios.items() if value is not None}
@@ -107,7 +117,7 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
         for size, variant in (("small", "eager"), ("base", "base"))
         for mode in ("latent", "factorized", "full")
         if (size, mode) != ("small", "latent")
-        and (value := peer_ratio(runs[variant], mode, size, 0.5)) is not None
+        and (value := peer_ratio(runs.get(variant), mode, size, 0.5)) is not None
     ]
     text = "; ".join(f"default, {variant}: {value:.2f}x" for variant, value in ratios.items())
     if others:
@@ -120,10 +130,10 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
         )
     )
 
-    base = [row for row in (runs["base"] or {}).get("training", []) if row["model"] == "megfm"]
+    base = [row for row in (runs.get("base") or {}).get("training", []) if row["model"] == "megfm"]
     latent = [row for row in base if row["mode"] == "latent"]
-    batch = (runs["base"] or {}).get("settings", {}).get("batch")
-    memory = (runs["base"] or {}).get("device", {}).get("memory_bytes")
+    batch = (runs.get("base") or {}).get("settings", {}).get("batch")
+    memory = (runs.get("base") or {}).get("device", {}).get("memory_bytes")
     text = ", ".join(
         f"{row['mode']} {row['mask_ratio']:g}: "
         + (_gib(row["peak_memory_bytes"]) if ok(row) else row["status"])
@@ -133,16 +143,16 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
         text += f" (of {_gib(memory)})"
     rows.append(
         (
-            f"768 x 12 trains at batch 32 (here: batch {batch})",
+            "768 x 12 trains at batch 32" + (f" (here: batch {batch})" if batch else ""),
             text or "no base run in these files",
             verdict(bool(latent), batch == 32 and all(ok(row) for row in latent)),
         )
     )
 
     steps = [
-        default_row(runs[variant])["windows_per_s"]
-        for variant in ("eager", "compiled")
-        if ok(default_row(runs[variant]))
+        default_row(runs.get(variant))["windows_per_s"]
+        for variant in DEFAULT_VARIANTS
+        if ok(default_row(runs.get(variant)))
     ]
     streams = [row for row in (loader or {}).get("results", []) if row["source"] == STREAM]
     best = max(streams, key=lambda row: row["windows_per_s"], default=None)
@@ -170,8 +180,9 @@ def summary(results: Path, device: str) -> str | None:
         for variant, suffix in TRAINING.items()
     }
     loader = load(results / f"dataloader_{device}.json")
+    loop = load(results / f"pretrain_{device}.json")
     mixed = load(results / f"mixed_arrays_{device}.json")
-    present = [record for record in (*runs.values(), loader, mixed) if record]
+    present = [record for record in (*runs.values(), loader, loop, mixed) if record]
     if not present:
         return None
     first = present[0]
@@ -185,6 +196,18 @@ def summary(results: Path, device: str) -> str | None:
         lines.append(f"bf16 matmul peak measured in the run: {peak['tflops']:.0f} TFLOP/s")
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in target_rows(runs, loader)]
+    bare = default_row(runs.get("eager"))
+    if loop and ok(bare):
+        rates = ", ".join(
+            f"{row['source']} {row['windows_per_s']:,.0f} windows/s "
+            f"({row['windows_per_s'] / bare['windows_per_s']:.0%})"
+            for row in loop["results"]
+        )
+        lines += [
+            "",
+            f"`megfm pretrain` loop (Trainer, collator, loader, batch {loop['settings']['batch']}):"
+            f" {rates} of the bare eager step ({bare['windows_per_s']:,.0f} windows/s).",
+        ]
     if mixed:
         shares = ", ".join(
             f"{row['sampling']} {row['padded_share']:.1%} padded, {row['windows_per_s']:,.1f} windows/s"

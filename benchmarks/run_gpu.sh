@@ -13,19 +13,23 @@
 #   base      the same at width 768 x 12: does it fit batch 32?
 #   compiled  the default model and PatchTST under torch.compile, mask ratio 0.5
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
+#   trainer   `megfm pretrain`'s own loop (Trainer, collator, loader workers, bf16) beside the
+#             bare step: does the data path keep the GPU fed? (bench_pretrain.py)
+#   graphs    the default model under torch.compile(mode="reduce-overhead"): CUDA graphs
 #   mixed     padding and speed when a dataset mixes MEG systems (bench_mixed_arrays.py)
 #
 # --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
 # is stopped when the budget runs out, keeping every measurement it finished. On a machine
 # without network, carry the wheels of benchmarks/gpu_wheels.sh in .whl/ (or --wheels DIR):
-# they are installed into a private folder first (--no-wheels skips them). Results go to benchmarks/results/ (or
-# DIR) and, where $OUT is set, are copied there, with the log. PYTHON names the interpreter
-# (default: python3). --rehearse proves the script end to end anywhere in a minute or two.
+# they are installed into a private folder first (--no-wheels skips them). Results go to
+# benchmarks/results/ (or DIR) and, where $OUT is set, are copied there (the records as one
+# archive), with the summary and the log. PYTHON names the interpreter (default: python3).
+# --rehearse proves the script end to end anywhere in a minute or two.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
-all_steps=(small base compiled loader mixed)
+all_steps=(small base compiled loader trainer graphs mixed)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -65,12 +69,14 @@ if [ "$rehearse" = 1 ]; then
     training=(--device cpu --batch 2 --sensors 30 --samples 100 --steps 1 --warmup 0
         --modes latent factorized full)
     loader=(--windows 64 --workers 0 2)
+    pretrain=(--windows 64 --sensors 30 --samples 100 --batch 4 --steps 8 --warmup 2 --device cpu)
     mixed=(--windows-per-system 4 --samples 100 --batch 4 --device cpu)
 else
     "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")' || exit 1
     device=$("$py" -c 'import bench_training as b, torch; print(b.device_slug(torch.device("cuda")))') || exit 1
     training=()
     loader=(--windows 1024 --workers 0 2 4 8)
+    pretrain=(--windows 1024 --steps 80 --warmup 10)
     mixed=(--windows-per-system 64 --samples 1000 --batch 32)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 fi
@@ -85,7 +91,9 @@ declare -A command=(
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
     [base]="bench_training.py ${training[*]} --sizes base --output ${prefix}_base.json"
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --output ${prefix}_small_compiled.json"
+    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --skip-features --skip-patchtst --output ${prefix}_small_graphs.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
+    [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"
 )
 declare -A outcome=()
@@ -118,7 +126,9 @@ echo | tee -a "$log"
     for step in "${steps[@]}"; do echo "  $step: ${outcome[$step]}"; done
 } | tee -a "$log"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    cp "$results"/*"_${device}"*.json "$results"/*"_${device}"*.md "$log" "$OUT"/ 2>/dev/null
+    # Three files: the records in one archive, the summary and the log.
+    (cd "$results" && tar -czf "$OUT/results_${device}.tar.gz" ./*"_${device}"*.json)
+    cp "$results/gpu_summary_${device}.md" "$log" "$OUT"/ 2>/dev/null
     echo "copied to $OUT: $(ls "$OUT" | tr '\n' ' ')"
 fi
 exit $failed

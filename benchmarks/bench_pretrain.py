@@ -1,0 +1,159 @@
+"""Pretraining end to end: windows/s of ``megfm pretrain``'s own loop beside the bare step.
+
+``bench_training.py`` times a training step on batches already on the device. This times the
+whole journey a user runs: :func:`megfm_hf.training.pretrain` on a window dataset (random
+windows at the reference shape, 306 sensors x 1000 samples at 250 Hz, of 16 subjects),
+with the ``Trainer``, the collator drawing masks, sensor-grouped batches, the data-loader
+defaults (on a GPU: up to 4 workers and pinned memory) and bf16 on CUDA, from the Arrow dataset
+and streamed from the Parquet shards (``--streaming``). A callback times the optimiser steps
+after ``--warmup``; checkpointing, evaluation and export run after them, untimed.
+
+Where ``training_*.json`` files lie beside the output, the rates are set beside the default
+model's bare step rate in them: the ratio is what the data path and the ``Trainer`` leave of
+the model's speed (1.0: the GPU is kept fed).
+
+    python benchmarks/bench_pretrain.py [--windows 1024] [--steps 80] [--warmup 10]
+
+Prints a table and writes ``benchmarks/results/pretrain_<device>.json`` (``--output``
+elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from transformers import TrainerCallback
+
+from megfm_hf.data import MEGProcessor
+from megfm_hf.training import pretrain
+
+from bench_dataloader import SAMPLES, SENSORS, SFREQ, training_rates, write_windows
+from bench_training import PATCH_LENGTH, device_slug, synchronize
+from common import record_header, write_results
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock seconds from the end of optimiser step ``warmup`` to the end of the last."""
+
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup, self.device = warmup, device
+        self.start: float | None = None
+        self.seconds: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, state.max_steps):
+            synchronize(self.device)
+            now = time.perf_counter()
+            if state.global_step == self.warmup:
+                self.start = now
+            elif self.start is not None:
+                self.seconds = now - self.start
+
+
+def write_dataset(folder: Path, windows: int, sensors: int, samples: int) -> Path:
+    """A window dataset as ``megfm build-dataset`` leaves it: Arrow, shards, processor."""
+    shard_size = max(1, windows // 16)  # 16 subjects, so that some can be held out
+    arrow, shards = write_windows(folder, windows, shard_size, sensors, samples)
+    shards.rename(arrow / "parquet")  # where `megfm build-dataset` keeps them
+    MEGProcessor(
+        sfreq=SFREQ, patch_length=PATCH_LENGTH, window_seconds=samples / SFREQ
+    ).save_pretrained(str(arrow))
+    return arrow
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=1024)
+    parser.add_argument("--sensors", type=int, default=SENSORS)
+    parser.add_argument(
+        "--samples", type=int, default=SAMPLES, help=f"a multiple of {PATCH_LENGTH}"
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=80, help="optimiser steps in all")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    if not 0 < args.warmup < args.steps:
+        parser.error("--warmup must lie between 0 and --steps")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    output = args.output or RESULTS / f"pretrain_{device_slug(device)}.json"
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="megfm-bench-") as workdir:
+        dataset = write_dataset(Path(workdir), args.windows, args.sensors, args.samples)
+        print(
+            f"{args.windows} windows of {args.sensors} x {args.samples}, batch {args.batch}, "
+            f"{args.steps} steps ({args.warmup} untimed), default model, on {device}"
+        )
+        for streaming in (False, True):
+            timer = StepTimer(args.warmup, device)
+            start = time.perf_counter()
+            pretrain(
+                dataset,
+                Path(workdir) / f"run-{'stream' if streaming else 'arrow'}",
+                max_steps=args.steps,
+                batch_size=args.batch,
+                test_fraction=0.1,
+                streaming=streaming,
+                callbacks=[timer],
+                bf16=cuda,
+                use_cpu=not cuda,
+                save_steps=args.steps,
+                logging_steps=args.steps,
+            )
+            rate = (args.steps - args.warmup) * args.batch / timer.seconds
+            source = "parquet (streamed)" if streaming else "arrow"
+            rows.append(
+                {
+                    "source": source,
+                    "windows_per_s": rate,
+                    "timed_steps": args.steps - args.warmup,
+                    "run_seconds": time.perf_counter() - start,
+                }
+            )
+            print(f"{source:<20} {rate:10.1f} windows/s", flush=True)
+
+    steps = training_rates(output.parent)
+    for label, step_rate in steps.items():
+        ratios = ", ".join(f"{r['source']} {r['windows_per_s'] / step_rate:.2f}x" for r in rows)
+        print(f"bare step in {label}: {step_rate:.1f} windows/s; pretraining / bare: {ratios}")
+    record = {
+        **record_header(
+            "pretrain",
+            torch,
+            transformers,
+            datasets,
+            kind=device.type,
+            name=torch.cuda.get_device_name(device) if cuda else None,
+        ),
+        "settings": {
+            "windows": args.windows,
+            "sensors": args.sensors,
+            "samples": args.samples,
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "precision": "bf16" if cuda else "float32",
+            "model": "MEGConfig defaults (latent, 256 x 8, mask ratio 0.5)",
+        },
+        "results": rows,
+        "bare_step_windows_per_s": steps,
+    }
+    write_results(output, record)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
