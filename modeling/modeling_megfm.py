@@ -85,8 +85,10 @@ class MEGMaskedSignalModelingOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`):
             Mean squared error over the samples of hidden tokens of valid sensors.
         reconstruction (`torch.FloatTensor` of shape `(B, S, T)`):
-            The decoder's signal for every token, in input units (in per-patch normalised units
-            when `config.norm_patch_loss` is set).
+            The window with its hidden tokens, and all tokens of invalid sensors, predicted by
+            the decoder and its other tokens as given (the decoder's prediction of every token
+            with `decode_visible=True`); in input units, or in per-patch normalised units when
+            `config.norm_patch_loss` is set.
         mask (`torch.BoolTensor` of shape `(B, S, P)`):
             The tokens hidden from the encoder (True = hidden); the loss covers exactly these,
             restricted to valid sensors.
@@ -418,12 +420,19 @@ class MEGEmbeddings(nn.Module):
         index = torch.arange(num_patches, device=device)
         return sinusoidal_encoding(index, self.hidden_size, 10.0 * self.max_patches, dtype)
 
+    def position_parts(
+        self, sensor_positions: torch.Tensor, sensor_types: torch.Tensor, num_patches: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where every sensor is, `(B, S, D)` (geometry + sensor type), and when every patch
+        is, `(P, D)`; a token's position embedding is the sum of its sensor's and its patch's."""
+        sensor = self.geometry(sensor_positions) + self.sensor_type(sensor_types.long())
+        return sensor, self.time_encoding(num_patches, sensor_positions.device, sensor.dtype)
+
     def position_embeddings(
         self, sensor_positions: torch.Tensor, sensor_types: torch.Tensor, num_patches: int
     ) -> torch.Tensor:
         """Where and when every token is: sensor geometry + sensor type + patch index, `(B, S, P, D)`."""
-        sensor = self.geometry(sensor_positions) + self.sensor_type(sensor_types.long())
-        time = self.time_encoding(num_patches, sensor_positions.device, sensor.dtype)
+        sensor, time = self.position_parts(sensor_positions, sensor_types, num_patches)
         return sensor[:, :, None, :] + time[None, None, :, :]
 
     def forward(
@@ -585,7 +594,8 @@ class MEGLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block: (cross-)attention then feed-forward, both residual.
 
     With `context`, the queries attend to `context` (normalised by its own norm); otherwise the
-    block is a self-attention block.
+    block is a self-attention block. With `rows` `(N, Lq)`, the feed-forward half runs on those
+    query rows only and the others come out as zeros (for outputs that only some tokens need).
     """
 
     def __init__(
@@ -608,14 +618,19 @@ class MEGLayer(GradientCheckpointingLayer):
         context: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.attention_norm(hidden_states)
         if self.context_norm is not None:
             context = self.context_norm(context)
         attended, weights = self.attention(normed, context, attention_mask, output_attentions)
         hidden_states = hidden_states + self.attention_dropout(attended)
-        hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states))
-        return hidden_states, weights
+        if rows is None:
+            return hidden_states + self.mlp(self.mlp_norm(hidden_states)), weights
+        chosen = hidden_states[rows]
+        out = torch.zeros_like(hidden_states)
+        out[rows] = chosen + self.mlp(self.mlp_norm(chosen))
+        return out, weights
 
 
 class MEGFeedForwardLayer(GradientCheckpointingLayer):
@@ -925,7 +940,9 @@ class MEGLatentEncoder(nn.Module):
        and the attention weights are a map over the sensor array.
     2. A transformer of `num_hidden_layers` blocks runs over all `P * L` latents of the window.
     3. Every (sensor, patch) token cross-attends to the latents of its patch, which gives each
-       sensor its output (and gives hidden tokens a prediction of their content).
+       sensor its output (and gives hidden tokens a prediction of their content). Given
+       `rows`, only those tokens get an output (the others are zeros): pretraining reads out
+       the hidden tokens alone, the only ones its loss and reconstruction need.
 
     Both cross-attentions add a spatial prior to their logits: a linear function, per head and
     latent, of the Fourier features of each sensor's geometry (the "spatial attention" of
@@ -987,9 +1004,11 @@ class MEGLatentEncoder(nn.Module):
         geometry: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        rows: torch.Tensor | None = None,
     ) -> EncoderResult:
         """`grid` (B, S, P, D) tokens, `present` (B, S, P), `time` (P, D) patch encoding,
-        `geometry` (B, S, F) Fourier features of the sensors."""
+        `geometry` (B, S, F) Fourier features of the sensors, `rows` (B, S, P) the tokens
+        to read out (all when None)."""
         batch_size, num_sensors, num_patches, hidden_size = grid.shape
         num_latents = self.num_latents
         sensors = grid.transpose(1, 2).reshape(batch_size * num_patches, num_sensors, hidden_size)
@@ -1019,14 +1038,20 @@ class MEGLatentEncoder(nn.Module):
                 attentions += (weights,)
         latents = self.latent_norm(latents).view(batch_size * num_patches, num_latents, hidden_size)
 
-        tokens, _ = self.readout(sensors, latents, readout_bias, False)
+        readout_rows = None
+        if rows is not None:
+            readout_rows = rows.transpose(1, 2).reshape(batch_size * num_patches, num_sensors)
+        tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
         tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
+        tokens = self.norm(tokens)
+        if rows is not None:
+            tokens = tokens * rows[..., None].to(tokens.dtype)
         sensor_attentions = None
         if output_attentions:
             sensor_attentions = (
                 cross_weights.view(batch_size, num_patches, *cross_weights.shape[1:]),
             )
-        return EncoderResult(self.norm(tokens), hidden_states, attentions, sensor_attentions)
+        return EncoderResult(tokens, hidden_states, attentions, sensor_attentions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1184,8 +1209,14 @@ class MEGModel(MEGPreTrainedModel):
         mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        read_out: torch.Tensor | None = None,
     ) -> MEGModelOutput:
-        """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads)."""
+        """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads).
+
+        `read_out` `(B, S, P)`, in `latent` mode, names the tokens a head needs: only they are
+        read out from the latents, the others' features are zeros, and the pooled features
+        cover them alone.
+        """
         hidden = None
         if sensor_mask is not None:
             hidden = ~sensor_mask[:, :, None].expand(
@@ -1215,8 +1246,10 @@ class MEGModel(MEGPreTrainedModel):
             time = self.embeddings.time_encoding(grid.shape[2], grid.device, grid.dtype)
             geometry = self.embeddings.geometry.fourier_features(sensor_positions)
             result = self.encoder(
-                grid, present, time, geometry, output_attentions, output_hidden_states
+                grid, present, time, geometry, output_attentions, output_hidden_states, read_out
             )
+            if read_out is not None:
+                pooled = read_out if pooled is None else pooled & read_out
         else:
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
         return MEGModelOutput(
@@ -1239,7 +1272,8 @@ class MEGDecoder(nn.Module):
     """A light decoder from encoder tokens to the samples of every patch.
 
     In `latent` mode the encoder's read-out has already given every hidden token a state
-    gathered from the latents of its patch, so the decoder is per-token feed-forward blocks.
+    gathered from the latents of its patch, so the decoder is per-token feed-forward blocks,
+    run on the tokens to reconstruct alone when `rows` names them.
     In `full` and `factorized` modes hidden tokens are replaced by a learned mask token (as in
     ViT-MAE) and factorized blocks (sensors within a patch, then patches within a sensor) let
     them gather context from their neighbours in space and time. For `full` this is both the
@@ -1267,23 +1301,52 @@ class MEGDecoder(nn.Module):
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.head = nn.Linear(width, config.patch_length)
 
+    def project_position(self, sensor: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """`self.position` of every token's position embedding, `(B, S, P, W)`, from its parts.
+
+        The projection is affine, so the sensor parts `(B, S, D)` and the patch parts `(P, D)`
+        are projected apart and added: the `(B, S, P, D)` grid of embeddings is never formed,
+        and the projection costs `S + P` rows instead of `S * P`.
+        """
+        per_sensor = self.position(sensor)[:, :, None, :]
+        return per_sensor + F.linear(time, self.position.weight)[None, None, :, :]
+
     def forward(
         self,
         tokens: torch.Tensor,
-        position: torch.Tensor,
+        position: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
         sensor_mask: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Encoder tokens (B, S, P, D) -> predicted patches (B, S, P, patch_length)."""
-        states = self.embed(tokens) + self.position(position)
+        """Encoder tokens (B, S, P, D) -> predicted patches (B, S, P, patch_length).
+
+        `position` holds the two parts of the position embeddings
+        (:meth:`MEGEmbeddings.position_parts`). `rows` `(B, S, P)`, in `latent` mode, are the
+        tokens to predict; the others come out as zeros.
+        """
+        if self.mode == "latent" and rows is not None:
+            index = rows.nonzero(as_tuple=True)  # (window, sensor, patch) of each chosen token
+            sensor, time = position
+            states = (
+                self.embed(tokens[index])
+                + self.position(sensor[index[:2]])
+                + F.linear(time[index[2]], self.position.weight)
+            )
+            for layer in self.layers:
+                states = layer(states)
+            predicted = self.head(self.norm(states))
+            full = predicted.new_zeros(*rows.shape, predicted.shape[-1])
+            full[index] = predicted
+            return full
+        position = self.project_position(*position)
+        states = self.embed(tokens) + position
         if self.mode == "latent":
             for layer in self.layers:
                 states = layer(states)
         else:
             states = torch.where(
-                hidden[..., None],
-                self.mask_token.to(states.dtype) + self.position(position),
-                states,
+                hidden[..., None], self.mask_token.to(states.dtype) + position, states
             )
             present = None
             if sensor_mask is not None:
@@ -1331,6 +1394,7 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         return_loss: bool = True,
+        decode_visible: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -1347,6 +1411,11 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
             return_loss (`bool`, *optional*, defaults to `True`):
                 Compute the reconstruction loss. Self-supervised, it needs no labels, and this
                 argument tells the `Trainer` that evaluation can report it.
+            decode_visible (`bool`, *optional*, defaults to `False`):
+                Also decode the visible tokens of valid sensors, whose reconstruction is
+                otherwise their input as given. Neither the loss nor the hidden tokens'
+                reconstruction depend on it; without it, `latent` mode reads out and decodes
+                the hidden tokens alone (at mask ratio 0.5, about a third less work).
         """
         output_attentions = (
             self.config.output_attentions if output_attentions is None else output_attentions
@@ -1371,6 +1440,17 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
         if mask is None:
             mask = self.draw_mask(valid, num_patches, generator)
 
+        # Hidden tokens and those of invalid sensors are predicted; in `latent` mode, whose
+        # read-out and decoder treat every token on its own, only they need be computed (the
+        # data-dependent selection is left out while torch.compile traces).
+        hidden = mask | ~valid[:, :, None]
+        rows = None
+        if (
+            self.config.attention_mode == "latent"
+            and not decode_visible
+            and not torch.compiler.is_compiling()
+        ):
+            rows = hidden
         outputs = self.megfm.encode(
             input_values,
             sensor_positions,
@@ -1379,32 +1459,34 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
             mask,
             output_attentions,
             output_hidden_states,
+            read_out=rows,
         )
-        hidden = mask | ~valid[:, :, None]
-        position = self.megfm.embeddings.position_embeddings(
-            sensor_positions, sensor_types, num_patches
-        )
-        predicted = self.decoder(outputs.last_hidden_state, position, hidden, sensor_mask).float()
+        position = self.megfm.embeddings.position_parts(sensor_positions, sensor_types, num_patches)
+        predicted = self.decoder(
+            outputs.last_hidden_state, position, hidden, sensor_mask, rows
+        ).float()
 
         scale = outputs.input_scale
         scale = torch.ones_like(valid, dtype=torch.float32) if scale is None else scale.float()
+        shape = (batch_size, num_sensors, num_patches, patch_length)
+        target = (input_values.float() / scale[:, :, None]).view(shape)
+        if self.config.norm_patch_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            variance = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (variance + 1e-6) ** 0.5
         loss = None
         if return_loss:
-            target = input_values.float() / scale[:, :, None]
-            target = target.view(batch_size, num_sensors, num_patches, patch_length)
-            if self.config.norm_patch_loss:
-                mean = target.mean(dim=-1, keepdim=True)
-                variance = target.var(dim=-1, keepdim=True)
-                target = (target - mean) / (variance + 1e-6) ** 0.5
             token_error = (predicted - target).pow(2).mean(dim=-1)
             weights = (mask & valid[:, :, None]).to(token_error.dtype)
             loss = (token_error * weights).sum() / weights.sum().clamp(min=1.0)
 
+        reconstruction = self._to_input_units(predicted, scale)
+        if not decode_visible:
+            given = target if self.config.norm_patch_loss else input_values.float().view(shape)
+            reconstruction = torch.where(hidden[..., None], reconstruction, given)
         output = MEGMaskedSignalModelingOutput(
             loss=loss,
-            reconstruction=self._to_input_units(predicted, scale).view(
-                batch_size, num_sensors, num_samples
-            ),
+            reconstruction=reconstruction.view(batch_size, num_sensors, num_samples),
             mask=mask,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

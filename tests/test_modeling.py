@@ -101,6 +101,37 @@ def test_hidden_signal_never_reaches_the_reconstruction(mode):
     )
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_decoding_hidden_tokens_only_changes_no_prediction_loss_or_gradient(mode):
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
+    batch["sensor_mask"][1, 9:] = False  # padding: its tokens are predicted too
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(3)
+    )
+    predicted = (mask | ~batch["sensor_mask"][:, :, None]).repeat_interleave(10, dim=2)
+    runs = {}
+    for decode_visible in (False, True):
+        torch.manual_seed(0)
+        model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode))
+        out = model(**batch, mask=mask, decode_visible=decode_visible)
+        out.loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        runs[decode_visible] = out, grads
+    (hidden_only, hidden_grads), (everything, all_grads) = runs[False], runs[True]
+    torch.testing.assert_close(hidden_only.loss, everything.loss)
+    torch.testing.assert_close(
+        hidden_only.reconstruction[predicted], everything.reconstruction[predicted]
+    )
+    # Visible tokens come back as given, unless the decoder is asked for them.
+    assert torch.equal(hidden_only.reconstruction[~predicted], batch["input_values"][~predicted])
+    assert not torch.allclose(
+        everything.reconstruction[~predicted], batch["input_values"][~predicted]
+    )
+    assert hidden_grads.keys() == all_grads.keys()
+    for name, grad in hidden_grads.items():
+        torch.testing.assert_close(grad, all_grads[name], msg=name)
+
+
 def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
     sensor_mask = torch.ones(4, 30, dtype=torch.bool)
     sensor_mask[2, 20:] = False
