@@ -627,9 +627,10 @@ class MEGLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.attention_dropout(attended)
         if rows is None:
             return hidden_states + self.mlp(self.mlp_norm(hidden_states)), weights
-        chosen = hidden_states[rows]
+        index = rows.nonzero(as_tuple=True)  # once: gathering and scattering by a bool mask
+        chosen = hidden_states[index]  # would each look for its True entries
         out = torch.zeros_like(hidden_states)
-        out[rows] = chosen + self.mlp(self.mlp_norm(chosen))
+        out[index] = chosen + self.mlp(self.mlp_norm(chosen))
         return out, weights
 
 
