@@ -322,6 +322,8 @@ class Settings:
     #: ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ...); None runs eagerly
     compile_mode: str | None
     gradient_checkpointing: bool
+    #: decode every token in pretraining steps, not only the hidden ones (``latent`` mode)
+    decode_visible: bool = False
 
     @property
     def compile(self) -> bool:
@@ -437,7 +439,7 @@ def train_megfm(
 
         def one_step(net: torch.nn.Module, batch: dict) -> None:
             with settings.autocast():
-                loss = net(**batch).loss
+                loss = net(**batch, decode_visible=settings.decode_visible).loss
             loss.backward()
 
         # The mask is an input, as in pretraining, where the collator draws it.
@@ -605,7 +607,8 @@ def markdown(record: dict) -> str:
         f"{record['device']['name']} ({record['device']['kind']}), batch {s['batch']}, "
         f"{s['sensors']} sensors x {s['samples']} samples ({s['tokens_per_window']} tokens), "
         f"{s['precision']}, compile={s.get('compile_mode') or s['compile']}, "
-        f"gradient checkpointing={s['gradient_checkpointing']}, median of {s['steps']} steps",
+        f"gradient checkpointing={s['gradient_checkpointing']}, "
+        f"decode visible={s.get('decode_visible', False)}, median of {s['steps']} steps",
     ]
     if mem != "peak_memory_bytes":
         lines.append("peak memory: the process's peak RSS above its RSS when the measurement began")
@@ -685,6 +688,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "max-autotune replay CUDA graphs",
     )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="megfm only")
+    parser.add_argument(
+        "--decode-visible",
+        action="store_true",
+        help="megfm pretraining steps decode every token, not only the hidden ones (the cost "
+        "of the work that latent mode leaves out)",
+    )
     parser.add_argument("--skip-features", action="store_true", help="training steps only")
     parser.add_argument("--skip-patchtst", action="store_true", help="megfm only")
     parser.add_argument("--output", type=Path, help="default: results/training_<device>.json")
@@ -730,6 +739,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         compile_mode=args.compile_mode,
         gradient_checkpointing=args.gradient_checkpointing,
+        decode_visible=args.decode_visible,
     )
     sizes = list(SIZES.values()) if args.sizes == "all" else [SIZES[args.sizes]]
     output = args.output or RESULTS / f"training_{device_slug(device)}.json"
@@ -767,6 +777,7 @@ def main(argv: list[str] | None = None) -> None:
             "mask": "drawn on the CPU as MEGDataCollator draws it, passed to the model as an "
             "input (4 masks in turn); PatchTST draws its own inside its forward",
             "gradient_checkpointing": settings.gradient_checkpointing,
+            "decode_visible": settings.decode_visible,
             "precision": "bf16 autocast" if cuda else "float32",
             "optimizer": "AdamW (fused)" if cuda else "AdamW",
         },

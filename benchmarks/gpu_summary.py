@@ -39,6 +39,7 @@ TRAINING = {
     "eager": "small",
     "compiled": "small_compiled",
     "graphs": "small_graphs",
+    "decode_visible": "small_decode_visible",
     "base": "base",
 }
 #: the variants that time the default model
@@ -197,6 +198,16 @@ def summary(results: Path, device: str) -> str | None:
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in target_rows(runs, loader)]
     bare = default_row(runs.get("eager"))
+    everything = default_row(runs.get("decode_visible"))
+    if ok(bare) and ok(everything):
+        lines += [
+            "",
+            f"Decoding the hidden tokens alone (the default): {bare['windows_per_s']:,.0f} "
+            f"windows/s against {everything['windows_per_s']:,.0f} decoding every token "
+            f"({bare['windows_per_s'] / everything['windows_per_s']:.2f}x; "
+            f"{bare['gflops_per_window']:.1f} against {everything['gflops_per_window']:.1f} "
+            "GFLOP per window).",
+        ]
     if loop and ok(bare):
         rates = ", ".join(
             f"{row['source']} {row['windows_per_s']:,.0f} windows/s "

@@ -15,6 +15,8 @@
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
 #   trainer   `megfm pretrain`'s own loop (Trainer, collator, loader workers, bf16) beside the
 #             bare step: does the data path keep the GPU fed? (bench_pretrain.py)
+#   decodeall the default model decoding every token, not only the hidden ones: what the
+#             work it leaves out would cost here
 #   graphs    the default model under torch.compile(mode="reduce-overhead"): CUDA graphs
 #   mixed     padding and speed when a dataset mixes MEG systems (bench_mixed_arrays.py)
 #
@@ -29,7 +31,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
-all_steps=(small base compiled loader trainer graphs mixed)
+all_steps=(small base compiled loader trainer decodeall graphs mixed)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -91,6 +93,7 @@ declare -A command=(
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
     [base]="bench_training.py ${training[*]} --sizes base --output ${prefix}_base.json"
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --output ${prefix}_small_compiled.json"
+    [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --output ${prefix}_small_decode_visible.json"
     [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --skip-features --skip-patchtst --output ${prefix}_small_graphs.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"

@@ -27,7 +27,7 @@ DEVICE = "cpu-rehearsal"
 @pytest.mark.slow
 def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     # `compiled` and `graphs` compile for minutes on 2 cores; the rest is every step.
-    steps = ["small", "base", "loader", "trainer", "mixed"]
+    steps = ["small", "base", "loader", "trainer", "decodeall", "mixed"]
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "--no-wheels"]
         + ["--results", str(tmp_path), *steps],
@@ -68,6 +68,16 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     assert summary.count("| **met** |") + summary.count("| **missed** |") == 3
     assert "no GPU MFU in these files | not measured" in summary  # a CPU has no bf16 peak
     assert "`megfm pretrain` loop" in summary
+    assert "Decoding the hidden tokens alone (the default)" in summary
+    everything = json.loads((tmp_path / f"training_{DEVICE}_small_decode_visible.json").read_text())
+    assert everything["settings"]["decode_visible"] is True
+    # Decoding every token costs more FLOPs than the hidden ones alone.
+    eager = json.loads((tmp_path / f"training_{DEVICE}_small.json").read_text())
+    flops = {
+        name: gpu_summary.default_row(record)["gflops_per_window"]
+        for name, record in (("hidden", eager), ("all", everything))
+    }
+    assert flops["hidden"] < flops["all"]
     assert (tmp_path / f"run_gpu_{DEVICE}.log").read_text().count("== ") == len(steps)
 
 
