@@ -1,11 +1,10 @@
 """A GPU run against the speed targets: one table from what ``run_gpu.sh`` wrote.
 
 Reads, for one device (``--device``, the slug in the file names) from ``--results``, the files
-of ``benchmarks/run_gpu.sh``: ``training_<device>_small.json``, ``training_<device>_base.json``,
-``training_<device>_small_compiled.json``, ``training_<device>_small_graphs.json``,
-``dataloader_<device>.json``,
-``pretrain_<device>.json`` and ``mixed_arrays_<device>.json`` (any may be missing). It prints, and writes to
-``gpu_summary_<device>.md``, every target with the figure measured and whether it is met:
+of ``benchmarks/run_gpu.sh`` (any may be missing): ``training_<device>_<variant>.json`` for the
+variants in ``TRAINING``, ``dataloader_<device>.json``, ``pretrain_<device>.json`` and
+``mixed_arrays_<device>.json``. It prints, and writes to ``gpu_summary_<device>.md``, every
+target with the figure measured and whether it is met:
 
 - the default model (``latent``, width 256 x 8, mask ratio 0.5) at >= 45% model-FLOP
   utilisation, eager, compiled or compiled with CUDA graphs;
@@ -14,8 +13,9 @@ of ``benchmarks/run_gpu.sh``: ``training_<device>_small.json``, ``training_<devi
 - the 768 x 12 model training at batch 32;
 - streaming from shards at >= 2x the default model's fastest training rate;
 
-then the rate of ``megfm pretrain``'s own loop against the bare step, the padding figures of
-mixed sensor arrays and the full tables of every training file.
+then the default's hidden-only decoding against decoding every token, the rate of ``megfm
+pretrain``'s own loop against the bare step, the padding figures of mixed sensor arrays and the
+full tables of every training file.
 
     python benchmarks/gpu_summary.py --device nvidia-h200 [--results benchmarks/results]
 """
@@ -89,15 +89,14 @@ def _gib(value: float) -> str:
 def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for every speed target."""
     rows = []
-
-    mfus = {
-        variant: default_row(runs.get(variant))["mfu"]
-        for variant in DEFAULT_VARIANTS
-        if ok(default_row(runs.get(variant)))
-        and default_row(runs.get(variant)).get("mfu") is not None
+    # The default model's measured rows, by variant.
+    defaults = {
+        variant: row for variant in DEFAULT_VARIANTS if ok(row := default_row(runs.get(variant)))
     }
+
+    mfus = {variant: row["mfu"] for variant, row in defaults.items() if row.get("mfu") is not None}
     text = "; ".join(
-        f"{variant} {mfu:.1%} ({default_row(runs.get(variant))['windows_per_s']:,.0f} windows/s)"
+        f"{variant} {mfu:.1%} ({defaults[variant]['windows_per_s']:,.0f} windows/s)"
         for variant, mfu in mfus.items()
     )
     rows.append(
@@ -150,11 +149,7 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
         )
     )
 
-    steps = [
-        default_row(runs.get(variant))["windows_per_s"]
-        for variant in DEFAULT_VARIANTS
-        if ok(default_row(runs.get(variant)))
-    ]
+    steps = [row["windows_per_s"] for row in defaults.values()]
     streams = [row for row in (loader or {}).get("results", []) if row["source"] == STREAM]
     best = max(streams, key=lambda row: row["windows_per_s"], default=None)
     measured = bool(steps) and best is not None
