@@ -41,6 +41,7 @@ from .trainer import (
     build_trainer,
     check_distributed_launch,
     run_from_command_line,
+    seed_run,
     train_with_resume,
 )
 
@@ -162,6 +163,7 @@ def run_finetuning(
             f"positive_label={positive!r} is not among the classes {label_names}."
         )
 
+    seed_run(training_args)
     model = MEGForSequenceClassification.from_pretrained(
         args.model_name_or_path,
         num_labels=len(label_names),

@@ -38,6 +38,7 @@ from .trainer import (
     build_trainer,
     check_distributed_launch,
     run_from_command_line,
+    seed_run,
     train_with_resume,
 )
 
@@ -151,6 +152,7 @@ def run_pretraining(
     """
     dataset = None if args.streaming else load_windows(args.dataset)
     processor = load_dataset_processor(args.dataset)
+    seed_run(training_args)
     if args.model_name_or_path:
         model = MEGForMaskedSignalModeling.from_pretrained(args.model_name_or_path)
     else:

@@ -17,6 +17,8 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    enable_full_determinism,
+    set_seed,
 )
 from transformers.trainer_utils import TrainOutput, has_length
 
@@ -114,6 +116,19 @@ class ClassWeightedTrainer(MEGTrainer):
         weights = self.class_weights.to(device=outputs.logits.device, dtype=torch.float32)
         loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weights)
         return (loss, outputs) if return_outputs else loss
+
+
+def seed_run(args: TrainingArguments) -> None:
+    """Seed Python, NumPy and torch with ``args.seed`` before the model is built.
+
+    The ``Trainer`` seeds itself, but only once the model exists; a new model's weights (or a
+    new classification head) drawn before then would differ from run to run, and so would
+    every step after. Call it before creating the model, as transformers' examples do.
+    """
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
 
 
 def check_distributed_launch(args: TrainingArguments) -> None:
