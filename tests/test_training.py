@@ -25,6 +25,7 @@ from megfm_hf.modeling.modeling_megfm import MEGForMaskedSignalModeling
 from megfm_hf.training import (
     MEGDataCollator,
     TrainingDataError,
+    WindowRows,
     aggregate_by_subject,
     encode_labels,
     load_windows,
@@ -34,6 +35,7 @@ from megfm_hf.training import (
     subject_metrics,
 )
 from megfm_hf.training.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from megfm_hf.training.collator import WINDOW_INDEX
 from megfm_hf.training.data import check_dataset_matches_model, select_subjects
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +148,33 @@ def test_collator_masks_are_reproducible_and_never_cover_padding(tiny_windows):
         assert not mask[2, 15:].any(), "a padded sensor was masked"
         hidden = mask[2, :15].float().mean().item()
         assert hidden == pytest.approx(config.mask_ratio, abs=0.02)
+
+
+def test_collator_masks_of_indexed_windows_depend_on_the_windows_alone(tiny_dataset):
+    """Rows from WindowRows carry their dataset position; a batch's mask is a function of them,
+    so a resumed run (which skips batches without collating them) draws the masks it would
+    have drawn uninterrupted."""
+    rows = WindowRows(load_windows(tiny_dataset))
+    config = _tiny_config()
+    batch_indices = [[5, 1, 9, 30], [2, 3, 4, 7], [30, 9, 1, 5]]
+
+    def masks(collator, order):
+        return {i: collator(rows.__getitems__(batch_indices[i]))["mask"] for i in order}
+
+    straight = masks(MEGDataCollator(config, draw_mask=True), [0, 1, 2])
+    skipped = masks(MEGDataCollator(config, draw_mask=True), [2, 1])
+    assert torch.equal(straight[1], skipped[1]) and torch.equal(straight[2], skipped[2])
+    assert not torch.equal(straight[0], straight[2]), "the same windows reordered got one mask"
+    other_seed = masks(MEGDataCollator(config, draw_mask=True, seed=1), [1])
+    assert not torch.equal(straight[1], other_seed[1])
+    # Without positions (a stream), the collator's running stream gives each batch new masks.
+    plain = [
+        {k: v for k, v in row.items() if k != WINDOW_INDEX} for row in rows.__getitems__([1, 2])
+    ]
+    stream = MEGDataCollator(config, draw_mask=True)
+    assert not torch.equal(stream(plain)["mask"], stream(plain)["mask"])
+    with pytest.raises(ValueError, match="seed must be non-negative, got -1"):
+        MEGDataCollator(config, draw_mask=True, seed=-1)
 
 
 def test_collator_stacks_labels(tiny_windows):
@@ -282,7 +311,8 @@ def test_window_rows_are_the_datasets_rows_decoded_a_batch_at_a_time(tiny_window
     for indices in (uniform, mixed, uniform[:1]):
         for index, row in zip(indices, rows.__getitems__(indices), strict=True):
             expected = tiny_windows[index]
-            assert set(row) == set(expected)
+            assert set(row) == {*expected, WINDOW_INDEX}
+            assert row[WINDOW_INDEX] == index
             for name, value in expected.items():
                 np.testing.assert_array_equal(np.asarray(row[name]), value, err_msg=name)
     assert len(rows) == len(tiny_windows)
@@ -719,6 +749,11 @@ def _final_state(run: Path) -> dict:
     return json.loads((run / "model" / "trainer_state.json").read_text())
 
 
+def _logged_losses(run: Path) -> list[float]:
+    """The training loss of every optimiser step, in order."""
+    return [entry["loss"] for entry in _final_state(run)["log_history"] if "loss" in entry]
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_between_checkpoints(tiny_dataset, tmp_path):
     run = tmp_path / "run"
@@ -776,6 +811,12 @@ def test_resume_after_a_kill_during_a_checkpoint_write(tiny_dataset, tmp_path):
     assert _logged_steps(result.stdout + result.stderr) == MAX_STEPS - SAVE_STEPS
     assert _final_state(run)["global_step"] == MAX_STEPS
     assert (run / f"checkpoint-{MAX_STEPS}" / COMPLETE_MARKER).is_file()
+
+    # The resumed run trains on the windows and masks of an uninterrupted one, step for step.
+    uninterrupted = tmp_path / "uninterrupted"
+    result = _run_script(_arguments(tiny_dataset, uninterrupted))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _logged_losses(run) == pytest.approx(_logged_losses(uninterrupted), rel=1e-4)
 
 
 # --------------------------------------------------------------------------- two processes
@@ -889,3 +930,19 @@ def test_finetuning_reports_per_subject_and_exports_a_plain_classifier(
         for name, tensor in pretrained.items():
             if name.startswith("megfm."):
                 assert torch.equal(exported[name], tensor), f"{name} changed under a frozen encoder"
+        # Seeded runs are reproducible, the new classification head included.
+        again = finetune(
+            simulated_cohort["dataset"],
+            pretrained_model,
+            tmp_path / "again",
+            strategy=strategy,
+            max_steps=4,
+            batch_size=8,
+            seed=0,
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        repeated = load_file(again / "model.safetensors")
+        assert exported.keys() == repeated.keys()
+        for name, tensor in exported.items():
+            assert torch.equal(repeated[name], tensor), f"{name} differs between seeded runs"

@@ -14,6 +14,11 @@ from ..modeling.modeling_megfm import compute_signal_mask
 
 MODEL_INPUTS = ("input_values", "sensor_positions", "sensor_types", "sensor_mask")
 
+#: Row key naming a window's position in its dataset (set by
+#: :class:`~megfm_hf.training.WindowRows`). Batches whose rows all carry it draw their mask from
+#: a seed of these positions, not from the collator's running stream.
+WINDOW_INDEX = "window_index"
+
 
 def _as_array(value: Any, dtype: type | None) -> np.ndarray:
     """A row's value as a NumPy array, without a copy where it already is one."""
@@ -29,8 +34,18 @@ class MEGDataCollator:
     Windows from different MEG systems have different sensor counts, so every batch is padded
     to its own largest sensor count (never to a global maximum, which would waste compute),
     padded sensors are marked False in ``sensor_mask`` and hold zeros. For pretraining, the
-    collator also draws the reconstruction mask with the model's ratios from its own seeded
-    generator, so a run's masks are reproducible.
+    collator also draws the reconstruction mask with the model's ratios, reproducibly:
+
+    - rows that carry their position in the dataset (``window_index``, as
+      :class:`~megfm_hf.training.WindowRows` delivers them, and so every ``Trainer`` run on a
+      window dataset) get the mask drawn from a seed of ``seed`` and those positions. The mask
+      of a batch then depends on nothing but which windows it holds, in which order: not on
+      data-loader workers, on how many batches came before, or on whether the run was resumed
+      from a checkpoint (the ``Trainer`` skips the batches already trained on without
+      collating them, which would restart a running stream). Evaluation, in dataset order,
+      hides the same tokens every time, so its losses compare across checkpoints;
+    - other rows (a stream, a plain list) take the next masks of the collator's own seeded
+      stream; each data-loader worker derives its own.
 
     Parameters
     ----------
@@ -41,8 +56,8 @@ class MEGDataCollator:
     draw_mask : bool
         Draw a pretraining ``mask`` of shape (batch, sensors, patches) (needs ``config``).
     seed : int
-        Seed of the mask generator. Data-loader workers derive their own streams from it; give
-        each process of a distributed run its own seed (the training scripts add the rank).
+        Non-negative seed of the masks. Give each process of a distributed run its own (the
+        training scripts add the rank).
     pad_to_multiple_of : int, optional
         Round the padded sensor count up to a multiple of this (steadier shapes for compiled
         kernels).
@@ -66,6 +81,8 @@ class MEGDataCollator:
             raise ValueError(
                 "MEGDataCollator: draw_mask=True needs the model config to know the mask ratios."
             )
+        if self.seed < 0:
+            raise ValueError(f"MEGDataCollator: seed must be non-negative, got {self.seed}.")
         self.generator = torch.Generator().manual_seed(self.seed)
         self._worker: int | None = None
 
@@ -125,13 +142,23 @@ class MEGDataCollator:
             stacked = np.stack([_as_array(label, None) for label in labels])
             batch["labels"] = torch.from_numpy(stacked).to(dtype)
         if self.draw_mask:
-            self._reseed_for_worker()
             batch["mask"] = compute_signal_mask(
                 batch["sensor_mask"],
                 length // self.config.patch_length,
                 self.config.mask_ratio,
                 self.config.mask_sensor_fraction,
                 self.config.mask_time_fraction,
-                generator=self.generator,
+                generator=self._mask_generator(rows),
             )
         return batch
+
+    def _mask_generator(self, rows: Sequence[Mapping[str, Any]]) -> torch.Generator:
+        """The generator of this batch's mask: seeded by the rows' dataset positions where
+        every row has one, otherwise the collator's (per-worker) running stream."""
+        positions = [row.get(WINDOW_INDEX) for row in rows]
+        if any(position is None for position in positions):
+            self._reseed_for_worker()
+            return self.generator
+        entropy = [self.seed, *(int(position) for position in positions)]
+        seed = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))

@@ -9,6 +9,7 @@ import datasets
 import torch
 
 from ..data.shards import table_rows
+from .collator import WINDOW_INDEX
 from .sampling import sensor_counts
 
 
@@ -30,8 +31,9 @@ class WindowRows(torch.utils.data.Dataset):
     Notes
     -----
     Rows are dicts of NumPy arrays (read-only views), NumPy scalars and strings, the same keys
-    as the dataset's columns; :class:`~megfm_hf.training.MEGDataCollator` copies them into
-    its batch.
+    as the dataset's columns, plus ``window_index``: the row's position in ``dataset``, from
+    which :class:`~megfm_hf.training.MEGDataCollator` seeds the batch's mask. The collator
+    copies them into its batch.
     """
 
     def __init__(self, dataset: datasets.Dataset):
@@ -44,7 +46,10 @@ class WindowRows(torch.utils.data.Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        return table_rows(self.dataset[list(indices)])
+        rows = table_rows(self.dataset[list(indices)])
+        for index, row in zip(indices, rows, strict=True):
+            row[WINDOW_INDEX] = int(index)
+        return rows
 
     def sensor_counts(self) -> list[int]:
         """Sensors of every window, without decoding any signal."""

@@ -27,6 +27,7 @@ from .checkpoints import (
     discard_incomplete_checkpoints,
     last_complete_checkpoint,
 )
+from .collator import WINDOW_INDEX
 from .rows import WindowRows
 from .sampling import SensorGroupedSampler, step_windows
 
@@ -66,6 +67,10 @@ class MEGTrainer(Trainer):
 
     Evaluation and prediction always keep the dataset's order: predictions are matched to
     windows (and so to subjects) by position.
+
+    Each row keeps its ``window_index`` through the ``Trainer``'s removal of columns the model
+    does not take, so that the collator can seed the batch's mask from it (see
+    :class:`~megfm_hf.training.MEGDataCollator`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -79,6 +84,11 @@ class MEGTrainer(Trainer):
 
     def predict(self, test_dataset: Any, *args, **kwargs):
         return super().predict(window_rows(test_dataset), *args, **kwargs)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if WINDOW_INDEX not in self._signature_columns:
+            self._signature_columns.append(WINDOW_INDEX)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
