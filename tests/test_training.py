@@ -794,17 +794,19 @@ def test_resume_after_a_kill_between_checkpoints(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_during_a_checkpoint_write(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("streaming", ["false", "true"], ids=["arrow", "streamed"])
+def test_resume_after_a_kill_during_a_checkpoint_write(tiny_dataset, tmp_path, streaming):
     run = tmp_path / "run"
     crash = {"CRASH_AT_STEP": str(2 * SAVE_STEPS)}
-    killed = _run_script(_arguments(tiny_dataset, run), wrapped=crash)
+    options = ("--streaming", streaming)
+    killed = _run_script(_arguments(tiny_dataset, run, *options), wrapped=crash)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     half_written = run / f"checkpoint-{2 * SAVE_STEPS}"
     assert (half_written / "model.safetensors").is_file()
     assert not (half_written / COMPLETE_MARKER).exists()
     assert last_complete_checkpoint(run) == run / f"checkpoint-{SAVE_STEPS}"
 
-    result = _run_script(_arguments(tiny_dataset, run, "--resume", "true"))
+    result = _run_script(_arguments(tiny_dataset, run, *options, "--resume", "true"))
     assert result.returncode == 0, result.stderr[-3000:]
     (moved,) = run.glob(f"incomplete-checkpoint-{2 * SAVE_STEPS}-*")
     assert (moved / "model.safetensors").is_file() and not (moved / COMPLETE_MARKER).exists()
@@ -814,7 +816,7 @@ def test_resume_after_a_kill_during_a_checkpoint_write(tiny_dataset, tmp_path):
 
     # The resumed run trains on the windows and masks of an uninterrupted one, step for step.
     uninterrupted = tmp_path / "uninterrupted"
-    result = _run_script(_arguments(tiny_dataset, uninterrupted))
+    result = _run_script(_arguments(tiny_dataset, uninterrupted, *options))
     assert result.returncode == 0, result.stderr[-3000:]
     assert _logged_losses(run) == pytest.approx(_logged_losses(uninterrupted), rel=1e-4)
 
