@@ -131,6 +131,12 @@ class MEGConfig(PretrainedConfig):
             How ``pooler_output`` summarises the valid tokens: ``"mean"`` or ``"max"``.
         classifier_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the classification layer.
+        classifier_norm (`bool`, *optional*, defaults to `True`):
+            Standardise the pooled features before the classification layer, with batch
+            statistics in training and running statistics at inference (batch normalisation
+            without learned scale and shift, as MAE's linear probes). Pooled features of a
+            pretrained encoder share a large common part, and what tells windows apart lies in
+            small deviations from it, which a linear layer on the raw features learns slowly.
 
     Example:
 
@@ -173,6 +179,7 @@ class MEGConfig(PretrainedConfig):
         normalize_input_by_sensor_type: bool = True,
         pooling: str = "mean",
         classifier_dropout: float = 0.1,
+        classifier_norm: bool = True,
         **kwargs,
     ):
         self.sampling_rate = float(sampling_rate)
@@ -203,6 +210,7 @@ class MEGConfig(PretrainedConfig):
         self.normalize_input_by_sensor_type = bool(normalize_input_by_sensor_type)
         self.pooling = pooling
         self.classifier_dropout = float(classifier_dropout)
+        self.classifier_norm = bool(classifier_norm)
         # Every head, not only the class that happens to be saved, so any Auto class can load
         # a saved folder as remote code.
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}

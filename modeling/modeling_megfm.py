@@ -1507,13 +1507,43 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
 # --------------------------------------------------------------------------------------------
 
 
+class MEGPooledNorm(nn.BatchNorm1d):
+    """Standardises pooled features: batch normalisation without learned scale and shift.
+
+    In training a batch is standardised with its own statistics (which update the running
+    ones); a batch of one window, which has none, and inference use the running statistics.
+    Computed in the dtype of the running statistics (float32 unless the model was cast).
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__(hidden_size, eps=eps, affine=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        batch_statistics = self.training and pooled.shape[0] > 1
+        if batch_statistics:
+            self.num_batches_tracked.add_(1)
+        normalized = F.batch_norm(
+            pooled.to(self.running_mean.dtype),
+            self.running_mean,
+            self.running_var,
+            training=batch_statistics,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+        return normalized.to(pooled.dtype)
+
+
 class MEGForSequenceClassification(MEGPreTrainedModel):
     """megfm with a linear classifier (or regressor) on the pooled features of a window.
 
     Loads from a pretraining checkpoint: the encoder weights are shared under `megfm.`, and only
-    the classifier is reported missing. The loss follows transformers' classifiers:
+    the classifier and the statistics of its feature standardisation are reported missing. The
+    loss follows transformers' classifiers:
     `config.problem_type` is `"regression"`, `"single_label_classification"` or
     `"multi_label_classification"`, inferred from `num_labels` and the label dtype when unset.
+    With `config.classifier_norm` the pooled features are standardised before the classifier
+    ([`MEGPooledNorm`]); a classifier saved without its statistics loads with an identity
+    standardisation (zero mean, unit variance), so it predicts as it did.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
@@ -1522,6 +1552,7 @@ class MEGForSequenceClassification(MEGPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.megfm = MEGModel(config)
+        self.norm = MEGPooledNorm(config.hidden_size) if config.classifier_norm else nn.Identity()
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -1557,7 +1588,7 @@ class MEGForSequenceClassification(MEGPreTrainedModel):
             return_dict=True,
         )
         pooled = outputs.pooler_output
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.classifier(self.dropout(self.norm(pooled)))
 
         loss = None
         if labels is not None:

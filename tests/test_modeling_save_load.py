@@ -75,10 +75,53 @@ def test_classifier_from_pretraining_checkpoint_reports_only_head_keys(pretraine
         folder, num_labels=2, output_loading_info=True
     )
     assert type(classifier) is MEGForSequenceClassification
-    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+    statistics = {"norm.running_mean", "norm.running_var", "norm.num_batches_tracked"}
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias", *statistics}
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     for name, tensor in model.megfm.state_dict().items():
         assert torch.equal(classifier.megfm.state_dict()[name], tensor), name
+    # The new standardisation starts as the identity, not as uninitialised memory.
+    assert torch.equal(classifier.norm.running_mean, torch.zeros(model.config.hidden_size))
+    assert torch.equal(classifier.norm.running_var, torch.ones(model.config.hidden_size))
+
+
+def test_classifier_standardises_pooled_features_and_keeps_its_statistics(tmp_path):
+    torch.manual_seed(0)
+    classifier = MEGForSequenceClassification(tiny_config(num_labels=2))
+    hidden = classifier.config.hidden_size
+    # Pooled features as a pretrained encoder gives them: a large common part, small deviations.
+    pooled = 5.0 + 0.05 * torch.randn(64, hidden)
+    norm = classifier.norm.train()
+    standardised = norm(pooled)
+    assert standardised.mean(0).abs().max() < 1e-4
+    assert standardised.std(0).sub(1).abs().max() < 0.02
+    assert norm.running_mean.mean() == pytest.approx(0.5, abs=0.01)  # momentum 0.1 toward 5
+    norm(pooled[:1])  # one window in training: the running statistics, not an error
+    assert int(norm.num_batches_tracked) == 1
+
+    batch = meg_batch(batch_size=3, num_sensors=9, num_samples=30)
+    classifier.train()
+    for _ in range(3):
+        classifier(**batch)  # training batches move the running statistics
+    classifier.eval()
+    classifier.save_pretrained(tmp_path / "trained")
+    loaded = MEGForSequenceClassification.from_pretrained(tmp_path / "trained").eval()
+    assert torch.equal(loaded.norm.running_mean, classifier.norm.running_mean)
+    assert torch.equal(classifier(**batch).logits, loaded(**batch).logits)
+
+
+def test_a_classifier_saved_without_standardisation_predicts_as_before(tmp_path):
+    torch.manual_seed(0)
+    plain = MEGForSequenceClassification(tiny_config(num_labels=2, classifier_norm=False)).eval()
+    assert isinstance(plain.norm, torch.nn.Identity)
+    plain.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["classifier_norm"]  # as written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = MEGForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.classifier_norm
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    torch.testing.assert_close(loaded(**batch).logits, plain(**batch).logits)
 
 
 REMOTE_SCRIPT = textwrap.dedent(
