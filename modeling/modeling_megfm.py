@@ -1302,15 +1302,17 @@ class MEGDecoder(nn.Module):
         self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.head = nn.Linear(width, config.patch_length)
 
-    def project_position(self, sensor: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """`self.position` of every token's position embedding, `(B, S, P, W)`, from its parts.
+    def project_position(
+        self, sensor: torch.Tensor, time: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`self.position` of the position embeddings' parts: `(B, S, W)` and `(P, W)`.
 
         The projection is affine, so the sensor parts `(B, S, D)` and the patch parts `(P, D)`
-        are projected apart and added: the `(B, S, P, D)` grid of embeddings is never formed,
-        and the projection costs `S + P` rows instead of `S * P`.
+        are projected apart (the bias once, with the sensors): a token's projected position is
+        the sum of its sensor's and its patch's rows. The `(B, S, P, D)` grid of embeddings is
+        never formed, and the projection costs `S + P` rows instead of `S * P`.
         """
-        per_sensor = self.position(sensor)[:, :, None, :]
-        return per_sensor + F.linear(time, self.position.weight)[None, None, :, :]
+        return self.position(sensor), F.linear(time, self.position.weight)
 
     def forward(
         self,
@@ -1326,21 +1328,17 @@ class MEGDecoder(nn.Module):
         (:meth:`MEGEmbeddings.position_parts`). `rows` `(B, S, P)`, in `latent` mode, are the
         tokens to predict; the others come out as zeros.
         """
+        per_sensor, per_patch = self.project_position(*position)
         if self.mode == "latent" and rows is not None:
             index = rows.nonzero(as_tuple=True)  # (window, sensor, patch) of each chosen token
-            sensor, time = position
-            states = (
-                self.embed(tokens[index])
-                + self.position(sensor[index[:2]])
-                + F.linear(time[index[2]], self.position.weight)
-            )
+            states = self.embed(tokens[index]) + per_sensor[index[:2]] + per_patch[index[2]]
             for layer in self.layers:
                 states = layer(states)
             predicted = self.head(self.norm(states))
             full = predicted.new_zeros(*rows.shape, predicted.shape[-1])
             full[index] = predicted
             return full
-        position = self.project_position(*position)
+        position = per_sensor[:, :, None, :] + per_patch[None, None, :, :]
         states = self.embed(tokens) + position
         if self.mode == "latent":
             for layer in self.layers:
