@@ -1069,6 +1069,11 @@ class MEGPreTrainedModel(PreTrainedModel):
     main_input_name = "input_values"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
+    # The input "embeddings" of a signal model are its patch projection (as ViT's patch
+    # embeddings): `get_input_embeddings` returns it, so `enable_input_require_grads` (which peft
+    # and activation checkpointing call) can let gradients reach adapters inside checkpointed
+    # blocks whose weights are frozen.
+    _input_embed_layer = "patch_projection"
     _no_split_modules = ["MEGLayer", "MEGFactorizedLayer", "MEGEmbeddings"]
     _supports_sdpa = True
     _supports_flash_attn = False

@@ -104,18 +104,30 @@ class FinetuningArguments:
             raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}.")
 
 
-def _apply_strategy(model: MEGForSequenceClassification, args: FinetuningArguments):
-    """Freeze the encoder (linear probe) or wrap it with LoRA adapters."""
-    if args.strategy == "linear_probe":
+def apply_strategy(
+    model: MEGForSequenceClassification,
+    strategy: str,
+    lora_rank: int = 8,
+    lora_alpha: int = 16,
+) -> torch.nn.Module:
+    """Prepare ``model`` for a fine-tuning ``strategy`` (one of :data:`STRATEGIES`).
+
+    ``full`` trains every weight and returns the model itself; ``linear_probe`` freezes the
+    encoder (in place); ``lora`` wraps the model with peft LoRA adapters of rank ``lora_rank``
+    on every attention projection, and trains them and the classifier.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}.")
+    if strategy == "linear_probe":
         for parameter in model.megfm.parameters():
             parameter.requires_grad_(False)
         return model
-    if args.strategy == "lora":
+    if strategy == "lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
-            r=args.lora_rank,
-            lora_alpha=args.lora_alpha,
+            r=lora_rank,
+            lora_alpha=lora_alpha,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
             modules_to_save=["classifier"],
         )
@@ -194,7 +206,7 @@ def run_finetuning(
         if args.class_weighting
         else None
     )
-    trainable = _apply_strategy(model, args)
+    trainable = apply_strategy(model, args.strategy, args.lora_rank, args.lora_alpha)
     trainer = build_trainer(
         trainable,
         training_args,
