@@ -3,7 +3,10 @@
 Every subcommand lives in the module that does its work; this file only maps names to those
 modules and imports a module when its subcommand runs, so ``megfm --help`` stays fast. A
 subcommand module defines ``configure_parser(parser: argparse.ArgumentParser) -> None`` and
-``run(args: argparse.Namespace) -> int``.
+``run(args: argparse.Namespace) -> int``. A module that parses its own command line (the
+training commands, whose options are ``HfArgumentParser`` dataclasses) sets
+``OWN_ARGUMENTS = True``: it gets every argument after its name untouched, ``--help``
+included, as ``args.options``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_path, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_path)
+        own = getattr(module, "OWN_ARGUMENTS", False)
         subparser = subparsers.add_parser(
-            name, help=help_text, description=help_text, add_help=getattr(module, "ADD_HELP", True)
+            name, help=help_text, description=help_text, add_help=not own
         )
         module.configure_parser(subparser)
         subparser.set_defaults(_module=module)
@@ -49,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``megfm`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        if getattr(module, "OWN_ARGUMENTS", False):
+            # argparse would take the options for its own (`--help`, `--dataset ...`) and
+            # refuse them: hand them over as they are.
+            return int(module.run(argparse.Namespace(command=argv[0], options=argv[1:])) or 0)
     args = build_parser().parse_args(argv)
     return int(args._module.run(args) or 0)
 

@@ -616,6 +616,55 @@ def test_empty_dataset_stops_before_training(tiny_dataset, tiny_windows, tmp_pat
         pretrain(no_processor, tmp_path / "run", config=TINY_MODEL, max_steps=2)
 
 
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_training_commands_print_their_own_help(command, capsys):
+    from megfm_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: megfm {command} ")
+    # The run's own options and the Trainer's.
+    assert "--dataset" in text and "--max_steps" in text and "--bf16" in text
+
+
+def test_megfm_pretrain_then_finetune_from_the_command_line(tiny_dataset, tmp_path, capsys):
+    from megfm_hf import MEGForSequenceClassification
+    from megfm_hf.cli import main
+
+    common = ["--dataset", str(tiny_dataset), "--max_steps", "2", "--disable_tqdm", "true"]
+    common += ["--per_device_train_batch_size", "4", "--save_strategy", "no"]
+    tiny = [part for name, value in TINY_MODEL.items() for part in (f"--{name}", str(value))]
+    assert main(["pretrain", *common, "--output_dir", str(tmp_path / "run"), *tiny]) == 0
+    model = tmp_path / "run" / "model"
+    assert MEGForMaskedSignalModeling.from_pretrained(model).config.hidden_size == 32
+
+    clf = tmp_path / "clf"
+    arguments = ["--model_name_or_path", str(model), "--output_dir", str(clf)]
+    assert main(["finetune", *common, *arguments, "--strategy", "linear_probe"]) == 0
+    classifier = MEGForSequenceClassification.from_pretrained(clf / "model")
+    assert set(classifier.config.id2label.values()) == {"control", "patient"}
+    assert (clf / "subject_metrics.json").is_file()
+    out = capsys.readouterr().out
+    assert f"pretrained model written to {model}" in out
+    assert f"fine-tuned model written to {clf / 'model'}" in out
+
+    # A dataset that is not there: one line naming it, no traceback.
+    missing = tmp_path / "missing"
+    code = main(["pretrain", "--dataset", str(missing), "--output_dir", str(tmp_path / "x")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert error.strip() == f"megfm pretrain: error: dataset folder {missing} does not exist."
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", *common, *arguments, "--strategy", "everything"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'everything'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- pretraining quality
 
 

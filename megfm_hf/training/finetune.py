@@ -85,7 +85,9 @@ class FinetuningArguments:
     num_labels: int | None = field(
         default=None, metadata={"help": "expected number of classes; checked against the data"}
     )
-    strategy: str = field(default="full", metadata={"help": "full, linear_probe or lora"})
+    strategy: str = field(
+        default="full", metadata={"help": "full, linear_probe or lora", "choices": STRATEGIES}
+    )
     test_fraction: float = field(
         default=0.25, metadata={"help": "fraction of subjects held out for testing"}
     )
@@ -300,8 +302,9 @@ def finetune(
     return run_finetuning(arguments, TrainingArguments(**options), callbacks)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry point (``megfm finetune``, ``scripts/finetune.py``)."""
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
+    """Command-line entry point (``megfm finetune``, ``scripts/finetune.py``); ``prog`` names the
+    command in its help and errors."""
     return run_from_command_line(
-        FinetuningArguments, TRAINING_DEFAULTS, run_finetuning, argv, "fine-tuned"
+        FinetuningArguments, TRAINING_DEFAULTS, run_finetuning, argv, "fine-tuned", prog
     )

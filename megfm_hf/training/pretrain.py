@@ -297,8 +297,9 @@ def pretrain(
     return run_pretraining(arguments, TrainingArguments(**options), callbacks)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry point (``megfm pretrain``, ``scripts/pretrain.py``)."""
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
+    """Command-line entry point (``megfm pretrain``, ``scripts/pretrain.py``); ``prog`` names the
+    command in its help and errors."""
     return run_from_command_line(
-        PretrainingArguments, TRAINING_DEFAULTS, run_pretraining, argv, "pretrained"
+        PretrainingArguments, TRAINING_DEFAULTS, run_pretraining, argv, "pretrained", prog
     )

@@ -209,12 +209,14 @@ def run_from_command_line(
     run: Callable[[Any, TrainingArguments], Path],
     argv: Sequence[str] | None,
     done: str,
+    prog: str | None = None,
 ) -> Path:
     """Parse a run's dataclass and ``TrainingArguments`` (with run-specific defaults), run it.
 
-    The shared body of ``megfm pretrain`` / ``megfm finetune`` and their scripts.
+    The shared body of ``megfm pretrain`` / ``megfm finetune`` and their scripts; ``prog`` is
+    the command's name in usage and error messages (the script's name by default).
     """
-    parser = HfArgumentParser((arguments_class, TrainingArguments))
+    parser = HfArgumentParser((arguments_class, TrainingArguments), prog=prog)
     parser.set_defaults(**defaults)
     arguments, training_arguments = parser.parse_args_into_dataclasses(args=argv)
     model_dir = run(arguments, training_arguments)
