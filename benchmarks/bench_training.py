@@ -447,8 +447,8 @@ def train_megfm(
         flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1)))
         model.zero_grad(set_to_none=True)
         if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
             )
         seconds = time_training(settings, model, one_step, batches)
     row.update(_figures(settings, seconds, flops, peak))

@@ -3,7 +3,7 @@
 Reads, for one device (``--device``, the slug in the file names) from ``--results``, the files
 of ``benchmarks/run_gpu.sh`` (any may be missing): ``training_<device>_<variant>.json`` for the
 variants in ``TRAINING``, ``dataloader_<device>.json``, ``pretrain_<device>.json`` and
-``mixed_arrays_<device>.json``. It prints, and writes to ``gpu_summary_<device>.md``, every
+``mixed_arrays_<device>.json`` and ``finetuning_<device>.json``. It prints, and writes to ``gpu_summary_<device>.md``, every
 target with the figure measured and whether it is met:
 
 - the default model (``latent``, width 256 x 8, mask ratio 0.5) at >= 45% model-FLOP
@@ -14,8 +14,9 @@ target with the figure measured and whether it is met:
 - streaming from shards at >= 2x the default model's fastest training rate;
 
 then the default's hidden-only decoding against decoding every token, the rate of ``megfm
-pretrain``'s own loop against the bare step, the padding figures of mixed sensor arrays and the
-full tables of every training file.
+pretrain``'s own loop against the bare step, the padding figures of mixed sensor arrays, the
+largest fine-tuning batches of 306 sensors x 30 s within 24 GB and the full tables of every
+training file.
 
     python benchmarks/gpu_summary.py --device nvidia-h200 [--results benchmarks/results]
 """
@@ -28,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import bench_finetuning
 from bench_training import markdown
 
 RESULTS = Path(__file__).parent / "results"
@@ -169,6 +171,33 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
     return rows
 
 
+def finetuning_text(record: dict | None) -> str | None:
+    """Whether fine-tuning on the record's long windows fits the GPU budget, per strategy."""
+    if not record:
+        return None
+    s = record["settings"]
+    shape = f"{s['sensors']} sensors x {s['seconds']:g} s at {s['sfreq']:g} Hz"
+    if record["device"]["kind"] != "cuda":
+        return f"Fine-tuning on {shape}: measured on a CPU only (no GPU memory figure)."
+    largest = {
+        (strategy, setting): bench_finetuning.largest_fitting_batch(
+            record, strategy, setting == "on"
+        )
+        for strategy in s["strategies"]
+        for setting in s["checkpointing"]
+    }
+    parts = "; ".join(
+        f"{strategy}, checkpointing {setting}: "
+        + (f"batch {batch}" if batch else "not even batch 1")
+        for (strategy, setting), batch in largest.items()
+    )
+    verdict = "Fits" if any(largest.values()) else "Does not fit"
+    return (
+        f"Fine-tuning on {shape} ({s['precision']}, largest batch measured within "
+        f"{s['budget_gib']:g} GiB reserved): {parts}. {verdict} one {s['budget_gib']:g} GB GPU."
+    )
+
+
 def summary(results: Path, device: str) -> str | None:
     """The Markdown summary of one device's files in ``results``; None where there are none."""
     runs = {
@@ -178,7 +207,8 @@ def summary(results: Path, device: str) -> str | None:
     loader = load(results / f"dataloader_{device}.json")
     loop = load(results / f"pretrain_{device}.json")
     mixed = load(results / f"mixed_arrays_{device}.json")
-    present = [record for record in (*runs.values(), loader, loop, mixed) if record]
+    finetuning = load(results / f"finetuning_{device}.json")
+    present = [record for record in (*runs.values(), loader, loop, mixed, finetuning) if record]
     if not present:
         return None
     first = present[0]
@@ -220,9 +250,13 @@ def summary(results: Path, device: str) -> str | None:
             for row in mixed["results"]
         )
         lines += ["", f"Mixed sensor arrays: {shares}; grouped / random {mixed['speedup']:.2f}x."]
+    if text := finetuning_text(finetuning):
+        lines += ["", text]
     for variant, record in runs.items():
         if record:
             lines += ["", f"## Training file: {variant}", "", markdown(record)]
+    if finetuning:
+        lines += ["", "## Fine-tuning file", "", bench_finetuning.markdown(finetuning)]
     return "\n".join(lines) + "\n"
 
 

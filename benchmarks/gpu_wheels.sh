@@ -9,9 +9,9 @@
 # from this tree, and benchmarks/run_gpu.sh refuses a wheel older than the tree.
 #
 # A CUDA image that ships torch, numpy, pyarrow, pandas, scipy, scikit-learn, matplotlib,
-# accelerate, peft and huggingface-hub usually lacks `datasets` and `mne` and has an older
-# transformers; those and their pure-Python needs come as wheels for CPython 3.12 (about
-# 20 MB). PYTHON names the interpreter (default: python), TARGET_PYTHON the GPU machine's
+# accelerate and huggingface-hub usually lacks `datasets` and `mne` and has an older
+# transformers (and a peft of its time, if any); those and their pure-Python needs come as
+# wheels for CPython 3.12 (about 20 MB). PYTHON names the interpreter (default: python), TARGET_PYTHON the GPU machine's
 # Python version (default: 3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ import importlib.metadata as metadata
 
 for name in (
     "transformers", "datasets", "dill", "multiprocess", "mne", "mne-bids", "pooch",
-    "platformdirs", "decorator",
+    "platformdirs", "decorator", "peft",
 ):
     print(f"{name}=={metadata.version(name)}")
 EOF

@@ -19,6 +19,8 @@
 #             work it leaves out would cost here
 #   graphs    the default model under torch.compile(mode="reduce-overhead"): CUDA graphs
 #   mixed     padding and speed when a dataset mixes MEG systems (bench_mixed_arrays.py)
+#   finetune  fine-tuning memory on 306 sensors x 30 s windows, full and LoRA, activation
+#             checkpointing off and on: does it fit one 24 GB GPU? (bench_finetuning.py)
 #
 # --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
 # is stopped when the budget runs out, keeping every measurement it finished. On a machine
@@ -31,7 +33,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
-all_steps=(small base compiled loader trainer decodeall graphs mixed)
+all_steps=(small base compiled loader trainer decodeall graphs mixed finetune)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -70,16 +72,22 @@ if [ "$rehearse" = 1 ]; then
     device=cpu-rehearsal
     training=(--device cpu --batch 2 --sensors 30 --samples 100 --steps 1 --warmup 0
         --modes latent factorized full)
+    # 768 x 12 at one mask ratio: its models are slow to build on a CPU, and `small` already
+    # runs every ratio through the same code.
+    base=(--ratios 0.5)
     loader=(--windows 64 --workers 0 2)
     pretrain=(--windows 64 --sensors 30 --samples 100 --batch 4 --steps 8 --warmup 2 --device cpu)
     mixed=(--windows-per-system 4 --samples 100 --batch 4 --device cpu)
+    finetune=(--device cpu --sensors 30 --seconds 2 --batches 1 2 --steps 1 --warmup 0)
 else
     "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")' || exit 1
     device=$("$py" -c 'import bench_training as b, torch; print(b.device_slug(torch.device("cuda")))') || exit 1
     training=()
+    base=()
     loader=(--windows 1024 --workers 0 2 4 8)
     pretrain=(--windows 1024 --steps 80 --warmup 10)
     mixed=(--windows-per-system 64 --samples 1000 --batch 32)
+    finetune=(--batches 1 4 16 --steps 3 --warmup 1)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 fi
 log="$results/run_gpu_${device}.log"
@@ -91,13 +99,14 @@ datasets.__version__, "| megfm-hf", megfm_hf.__version__, "from", megfm_hf.__fil
 prefix="$results/training_${device}"
 declare -A command=(
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
-    [base]="bench_training.py ${training[*]} --sizes base --output ${prefix}_base.json"
+    [base]="bench_training.py ${training[*]} ${base[*]} --sizes base --output ${prefix}_base.json"
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --output ${prefix}_small_compiled.json"
     [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --output ${prefix}_small_decode_visible.json"
     [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --skip-features --skip-patchtst --output ${prefix}_small_graphs.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"
+    [finetune]="bench_finetuning.py ${finetune[*]} --strategies full lora --output $results/finetuning_${device}.json"
 )
 declare -A outcome=()
 failed=0

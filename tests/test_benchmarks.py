@@ -27,7 +27,7 @@ DEVICE = "cpu-rehearsal"
 @pytest.mark.slow
 def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     # `compiled` and `graphs` compile for minutes on 2 cores; the rest is every step.
-    steps = ["small", "base", "loader", "trainer", "decodeall", "mixed"]
+    steps = ["small", "base", "loader", "trainer", "decodeall", "mixed", "finetune"]
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "--no-wheels"]
         + ["--results", str(tmp_path), *steps],
@@ -64,7 +64,21 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     assert [row["sampling"] for row in mixed["results"]] == ["random", "group_by_length"]
     assert mixed["results"][1]["padded_share"] == 0.0 < mixed["results"][0]["padded_share"]
 
+    finetuning = json.loads((tmp_path / f"finetuning_{DEVICE}.json").read_text())
+    assert {
+        (row["strategy"], row["checkpointing"], row["batch"]) for row in finetuning["results"]
+    } == {
+        (strategy, checkpointing, batch)
+        for strategy in ("full", "lora")
+        for checkpointing in (False, True)
+        for batch in (1, 2)
+    }
+    assert all(row["status"] == "ok" and row["windows_per_s"] > 0 for row in finetuning["results"])
+    lora = [row for row in finetuning["results"] if row["strategy"] == "lora"]
+    assert all(row["trainable_parameters"] < row["parameters"] / 10 for row in lora)
+
     summary = (tmp_path / f"gpu_summary_{DEVICE}.md").read_text()
+    assert "Fine-tuning on 30 sensors x 2 s at 250 Hz: measured on a CPU only" in summary
     assert summary.count("| **met** |") + summary.count("| **missed** |") == 3
     assert "no GPU MFU in these files | not measured" in summary  # a CPU has no bf16 peak
     assert "`megfm pretrain` loop" in summary
@@ -171,3 +185,41 @@ def test_summary_verdicts_follow_the_figures():
 def test_summary_of_a_folder_without_results(tmp_path):
     assert gpu_summary.summary(tmp_path, "nvidia-h200") is None
     assert gpu_summary.main(["--device", "nvidia-h200", "--results", str(tmp_path)]) == 1
+
+
+def _finetuning_record(rows: list[tuple[str, bool, int, str, float]]) -> dict:
+    """A GPU fine-tuning record: (strategy, checkpointing, batch, status, reserved GiB) rows."""
+    return {
+        "device": {"kind": "cuda"},
+        "settings": {
+            "sensors": 306, "seconds": 30.0, "sfreq": 250.0, "precision": "bf16 autocast",
+            "strategies": ["full", "lora"], "checkpointing": ["off", "on"], "budget_gib": 24.0,
+        },
+        "results": [
+            {"strategy": strategy, "checkpointing": checkpointing, "batch": batch,
+             "status": status, "peak_reserved_bytes": reserved * 2**30}
+            for strategy, checkpointing, batch, status, reserved in rows
+        ],
+    }  # fmt: skip
+
+
+def test_finetuning_fit_follows_the_reserved_memory():
+    record = _finetuning_record(
+        [
+            ("full", False, 1, "ok", 9.0),
+            ("full", False, 4, "ok", 23.5),
+            ("full", False, 16, "ok", 80.0),  # runs on the big GPU, but not within 24 GiB
+            ("full", True, 1, "ok", 5.0),
+            ("full", True, 4, "OOM", 0.0),
+            ("lora", False, 1, "ok", 30.0),
+            ("lora", True, 1, "ok", 20.0),
+        ]
+    )
+    text = gpu_summary.finetuning_text(record)
+    assert "full, checkpointing off: batch 4; full, checkpointing on: batch 1" in text
+    assert "lora, checkpointing off: not even batch 1; lora, checkpointing on: batch 1" in text
+    assert text.endswith("Fits one 24 GB GPU.")
+
+    too_big = _finetuning_record([("full", False, 1, "ok", 25.0), ("full", True, 1, "OOM", 0.0)])
+    assert gpu_summary.finetuning_text(too_big).endswith("Does not fit one 24 GB GPU.")
+    assert gpu_summary.finetuning_text(None) is None
