@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -211,8 +212,10 @@ def pretrained(pretrained_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evaluation(cohort, pretrained) -> tuple[dict, Path]:
+def evaluation(cohort, pretrained) -> tuple[dict, Path, float]:
+    """The evaluation's metrics, its folder and its wall-clock seconds."""
     output = cohort["root"] / "evaluation"
+    started = time.perf_counter()
     metrics = evaluate_model(
         pretrained,
         cohort["dataset"],
@@ -223,7 +226,7 @@ def evaluation(cohort, pretrained) -> tuple[dict, Path]:
         n_bootstrap=500,
         progress=False,
     )
-    return metrics, output
+    return metrics, output, time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------- end to end
@@ -231,7 +234,7 @@ def evaluation(cohort, pretrained) -> tuple[dict, Path]:
 
 @pytest.mark.slow
 def test_evaluation_writes_every_section_and_figures(evaluation, pretrained):
-    metrics, output = evaluation
+    metrics, output, seconds = evaluation
     saved = json.loads((output / "metrics.json").read_text())
     for section in ("reconstruction", "attention", "classification", "skipped"):
         assert section in saved, section
@@ -252,8 +255,10 @@ def test_evaluation_writes_every_section_and_figures(evaluation, pretrained):
         for name in ("logistic_regression", "random_forest"):
             estimate, low, high = classification[source][name]["roc_auc"]
             assert low <= estimate <= high
+    assert 0 < saved["runtime_s"] <= seconds  # the evaluation's own time, not the clock's
     report = (output / "report.md").read_text()
     assert "## Summary" in report
+    assert f"{saved['runtime_s']:.0f} s." in report
     for name in saved["figures"].values():
         assert f"({name})" in report
         image = mpimg.imread(output / name)
@@ -263,7 +268,7 @@ def test_evaluation_writes_every_section_and_figures(evaluation, pretrained):
 
 @pytest.mark.slow
 def test_evoked_reconstruction_beats_interpolation(evaluation):
-    metrics, _ = evaluation
+    metrics, _, _ = evaluation
     section = metrics["reconstruction"]
     for condition, per_type in section["evoked"].items():
         for sensor_type, values in per_type.items():
@@ -273,7 +278,7 @@ def test_evoked_reconstruction_beats_interpolation(evaluation):
 
 @pytest.mark.slow
 def test_attention_alignment_beats_shuffled_null(evaluation):
-    metrics, _ = evaluation
+    metrics, _, _ = evaluation
     for condition in EVENT_ID:
         values = metrics["attention"][condition]
         assert values["alignment"] > values["null_ci95"][1], (condition, values)

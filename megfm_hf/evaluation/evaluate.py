@@ -409,10 +409,10 @@ def evaluate_model(
             section[condition]["region_source"] = region_source
             section[condition]["n_windows"] = int((window_conditions == condition).sum())
             if condition in peaks:
-                start = data.tmin + peaks[condition] * patch_duration
+                onset = data.tmin + peaks[condition] * patch_duration
                 section[condition]["peak_patch_s"] = [
-                    round(start, 6),
-                    round(start + patch_duration, 6),
+                    round(onset, 6),
+                    round(onset + patch_duration, 6),
                 ]
         if section:
             metrics["attention"] = section
