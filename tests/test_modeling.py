@@ -371,11 +371,12 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
-def test_lora_adapters_learn_under_reentrant_activation_checkpointing():
+@pytest.mark.parametrize("order", ["checkpointing first", "adapters first"])
+def test_lora_adapters_learn_under_reentrant_activation_checkpointing(order):
     # Reentrant checkpointing passes no gradient through a block whose inputs need none, and
     # the inputs of a LoRA model's frozen blocks need none unless the patch projection (the
     # model's input embeddings) is made to require grad: without that, every adapter stayed
-    # at zero gradient.
+    # at zero gradient. The Trainer enables checkpointing after the adapters are added.
     from megfm_hf.training.finetune import apply_strategy
 
     batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
@@ -385,9 +386,12 @@ def test_lora_adapters_learn_under_reentrant_activation_checkpointing():
         torch.manual_seed(0)
         model = MEGForSequenceClassification(tiny_config(num_labels=2, classifier_dropout=0.0))
         assert model.get_input_embeddings() is model.megfm.embeddings.patch_projection
-        if checkpointing != "off":
-            model.activation_checkpointing_enable({"use_reentrant": checkpointing == "reentrant"})
+        settings = {"use_reentrant": checkpointing == "reentrant"}
+        if checkpointing != "off" and order == "checkpointing first":
+            model.activation_checkpointing_enable(settings)
         net = apply_strategy(model, "lora").train()
+        if checkpointing != "off" and order == "adapters first":
+            net.activation_checkpointing_enable(settings)
         net(**batch, labels=labels).loss.backward()
         adapters = {n: p.grad for n, p in net.named_parameters() if "lora_" in n}
         assert adapters and all(g is not None for g in adapters.values()), checkpointing

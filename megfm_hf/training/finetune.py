@@ -133,7 +133,12 @@ def apply_strategy(
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
             modules_to_save=["classifier"],
         )
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
+        # A frozen block passes gradients back to the adapters before it only if its inputs
+        # need them: under reentrant activation checkpointing, which the Trainer enables after
+        # this, they would not, and no adapter but the last block's would learn.
+        model.enable_input_require_grads()
+        return wrapped
     return model
 
 
