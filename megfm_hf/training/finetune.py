@@ -102,8 +102,13 @@ class FinetuningArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}.")
+        check_strategy(self.strategy)
+
+
+def check_strategy(strategy: str) -> None:
+    """Refuse a fine-tuning strategy that is not one of :data:`STRATEGIES`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}.")
 
 
 def apply_strategy(
@@ -118,8 +123,7 @@ def apply_strategy(
     encoder (in place); ``lora`` wraps the model with peft LoRA adapters of rank ``lora_rank``
     on every attention projection, and trains them and the classifier.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}.")
+    check_strategy(strategy)
     if strategy == "linear_probe":
         for parameter in model.megfm.parameters():
             parameter.requires_grad_(False)
@@ -134,9 +138,9 @@ def apply_strategy(
             modules_to_save=["classifier"],
         )
         wrapped = get_peft_model(model, config)
-        # A frozen block passes gradients back to the adapters before it only if its inputs
-        # need them: under reentrant activation checkpointing, which the Trainer enables after
-        # this, they would not, and no adapter but the last block's would learn.
+        # Under reentrant activation checkpointing (which the Trainer enables after this) a
+        # block passes gradients to the adapters inside it only if its inputs need gradients;
+        # the frozen patch projection's output would not, and no adapter would learn.
         model.enable_input_require_grads()
         return wrapped
     return model
