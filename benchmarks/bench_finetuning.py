@@ -53,6 +53,7 @@ from bench_training import (
     _memory_key,
     _memory_window,
     batch_of,
+    device_identity,
     device_slug,
     guarded,
     make_inputs,
@@ -237,8 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             torch,
             transformers,
             peft,
-            kind=device.type,
-            name=torch.cuda.get_device_name(device) if cuda else None,
+            **device_identity(device),
             versions={"cuda": torch.version.cuda},
         ),
         "settings": {

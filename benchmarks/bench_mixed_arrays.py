@@ -38,7 +38,7 @@ from megfm_hf.data.shards import rows_table, window_features
 from megfm_hf.training import MEGDataCollator
 from megfm_hf.training.trainer import build_trainer
 
-from bench_training import device_slug, synchronize
+from bench_training import device_identity, device_slug, synchronize
 from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -162,14 +162,12 @@ def main() -> None:
     speedup = rows[1]["windows_per_s"] / rows[0]["windows_per_s"]
     print(f"group_by_length / random: {speedup:.2f}x")
 
-    cuda = device.type == "cuda"
     record = {
         **record_header(
             "mixed_arrays",
             torch,
             transformers,
-            kind=device.type,
-            name=torch.cuda.get_device_name(device) if cuda else None,
+            **device_identity(device),
         ),
         "settings": {
             "systems": SYSTEMS,

@@ -34,7 +34,7 @@ from megfm_hf.data import MEGProcessor
 from megfm_hf.training import pretrain
 
 from bench_dataloader import SAMPLES, SENSORS, SFREQ, training_rates, write_windows
-from bench_training import PATCH_LENGTH, device_slug, synchronize
+from bench_training import PATCH_LENGTH, device_identity, device_slug, synchronize
 from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -135,8 +135,7 @@ def main() -> None:
             torch,
             transformers,
             datasets,
-            kind=device.type,
-            name=torch.cuda.get_device_name(device) if cuda else None,
+            **device_identity(device),
         ),
         "settings": {
             "windows": args.windows,

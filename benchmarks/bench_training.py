@@ -115,6 +115,13 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
+def device_identity(device: torch.device) -> dict[str, str | None]:
+    """The ``kind`` and ``name`` of a results record's device (``record_header``'s keywords):
+    a GPU's name, or None for a CPU, whose name ``record_header`` finds itself."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"kind": device.type, "name": name}
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work (a no-op on the CPU)."""
     if device.type == "cuda":
@@ -750,8 +757,7 @@ def main(argv: list[str] | None = None) -> None:
             "training",
             torch,
             transformers,
-            kind=device.type,
-            name=torch.cuda.get_device_name(device) if cuda else None,
+            **device_identity(device),
             device={
                 "cpus_usable": len(os.sched_getaffinity(0))
                 if hasattr(os, "sched_getaffinity")
