@@ -646,8 +646,8 @@ def test_megfm_pretrain_then_finetune_from_the_command_line(tiny_dataset, tmp_pa
     clf = tmp_path / "clf"
     arguments = ["--model_name_or_path", str(model), "--output_dir", str(clf)]
     # LoRA under the Trainer's reentrant activation checkpointing: the adapters must learn.
-    lora = ["--strategy", "lora", "--learning_rate", "1e-2", "--gradient_checkpointing", "true"]
-    lora += ["--gradient_checkpointing_kwargs", '{"use_reentrant": true}']
+    lora = ["--strategy", "lora", "--learning_rate", "1e-2", "--activation_checkpointing", "true"]
+    lora += ["--activation_checkpointing_kwargs", '{"use_reentrant": true}']
     assert main(["finetune", *common, *arguments, *lora]) == 0
     classifier = MEGForSequenceClassification.from_pretrained(clf / "model")
     assert set(classifier.config.id2label.values()) == {"control", "patient"}
