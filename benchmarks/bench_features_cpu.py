@@ -16,6 +16,10 @@ and scales both to one hour of recording (900 windows of 4 s). Every row also gi
 cosine similarity of its features to the float32 eager ones. The target is one hour in at most
 5 minutes on 2 cores. Weights are random: speed does not depend on them.
 
+Beside it, on the same preprocessed windows, braindecode's LUNA-Base (4 queries of 64, 8 blocks:
+the default model's temporal width and depth; see ``peers.py``) in float32 and bfloat16 at each
+batch size, its forward through its classification head; ``--skip-luna`` leaves it out.
+
     python benchmarks/bench_features_cpu.py [--minutes 5] [--batch-sizes 1 2 4 8] [--threads 2]
 
 Prints a table and writes ``benchmarks/results/features_cpu.json``.
@@ -41,6 +45,7 @@ from megfm_hf.data.processor import ProcessedRecording
 from megfm_hf.data.testing import make_raw, write_raw
 from megfm_hf.inference import extract_features
 
+import peers
 from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results" / "features_cpu.json"
@@ -62,12 +67,43 @@ def _first(processed: ProcessedRecording, count: int) -> ProcessedRecording:
     return dataclasses.replace(processed, plan=processed.plan.select(keep))
 
 
+@torch.inference_mode()
+def luna_features(
+    model: torch.nn.Module,
+    processed: ProcessedRecording,
+    batch_size: int,
+    dtype: torch.dtype | None,
+) -> None:
+    """LUNA's forward over every window of ``processed``, a batch at a time."""
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+    for _, windows in processed.iter_batches(batch_size):
+        with autocast:
+            model(torch.from_numpy(windows))
+
+
+def time_luna(
+    config: MEGConfig, processed: ProcessedRecording, batch_size: int, dtype: torch.dtype | None
+) -> float:
+    """Seconds of the forward over every window (after one untimed batch) of LUNA at the
+    temporal width, depth and heads of ``config`` (LUNA-Base for the default model)."""
+    sensors, samples = processed.windows([0]).shape[1:]
+    model = peers.luna_model(
+        config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+        sensors, samples, classes=2,
+    ).eval()  # fmt: skip
+    luna_features(model, _first(processed, batch_size), batch_size, dtype)
+    start = time.perf_counter()
+    luna_features(model, processed, batch_size, dtype)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the recording")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--compile-batch-size", type=int, default=2, help="batch of compiled runs")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--skip-luna", action="store_true", help="no LUNA rows")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     mne.set_log_level("ERROR")
@@ -121,6 +157,7 @@ def main() -> None:
             total = (preprocess_s + features_s) * scale + compile_s
             rows.append(
                 {
+                    "model": "megfm",
                     "precision": name,
                     "batch_size": batch_size,
                     "compiled": compiled,
@@ -142,6 +179,36 @@ def main() -> None:
                 flush=True,
             )
 
+        luna_left_out = (
+            "--skip-luna" if args.skip_luna else peers.luna_unavailable(processor.window_samples)
+        )
+        if luna_left_out:
+            print(f"LUNA left out: {luna_left_out}")
+        for name, dtype in () if luna_left_out else PRECISIONS:
+            for batch_size in args.batch_sizes:
+                features_s = time_luna(config, processed, batch_size, dtype)
+                total = (preprocess_s + features_s) * scale
+                rows.append(
+                    {
+                        "model": "luna",
+                        "precision": name,
+                        "batch_size": batch_size,
+                        "compiled": False,
+                        "windows": n_windows,
+                        "features_windows_per_s": n_windows / features_s,
+                        "preprocess_s_per_hour": preprocess_s * scale,
+                        "features_s_per_hour": features_s * scale,
+                        "total_s_per_hour": total,
+                        "meets_target": total <= TARGET_SECONDS_PER_HOUR,
+                    }
+                )
+                print(
+                    f"{'LUNA-Base ' + name:<18} {batch_size:>6} {n_windows / features_s:>10.2f} "
+                    f"{'-':>7} {preprocess_s * scale:>15.1f} {features_s * scale:>13.1f} "
+                    f"{total:>10.1f} {'met' if total <= TARGET_SECONDS_PER_HOUR else 'missed':>13}",
+                    flush=True,
+                )
+
     record = {
         **record_header("features_cpu", torch, transformers, mne, device={"threads": args.threads}),
         "settings": {
@@ -160,6 +227,11 @@ def main() -> None:
                 )
             },
             "window_seconds": processor.window_seconds,
+            "luna": {
+                "braindecode": None if luna_left_out else peers.luna_version(),
+                "left_out": luna_left_out,
+                "model": "LUNA-Base: 4 queries of 64, 8 blocks, patches of 40 samples",
+            },
             "target_s_per_hour": TARGET_SECONDS_PER_HOUR,
         },
         "results": rows,

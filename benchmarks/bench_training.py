@@ -1,4 +1,4 @@
-"""Training and feature-extraction throughput of megfm, beside transformers' PatchTST.
+"""Training and feature-extraction throughput of megfm, beside PatchTST and LUNA.
 
 For every width (``small`` 256 x 8 layers, 8 heads; ``base`` 768 x 12 layers, 12 heads), every
 attention mode (``latent``, ``factorized``, ``full``) and every mask ratio, this measures on
@@ -22,7 +22,9 @@ Beside each figure, ``PatchTSTForPretraining`` / ``PatchTSTModel`` from transfor
 input, width, depth, heads, feed-forward width (4 x width) and mask ratio run in the same
 process, and the table reports megfm / PatchTST speed ratios. PatchTST attends within each
 sensor only (channel independence), so it is the cost floor of a patch transformer over the
-same tokens, not an equal in what it can learn.
+same tokens, not an equal in what it can learn. Where braindecode is installed and the window
+is a multiple of 40 samples, braindecode's LUNA runs beside too, at the same width, depth and
+heads (``peers.py``): its masked reconstruction, and its forward for features.
 
 Reference shape (the default on CUDA): batch 32, 306 sensors x 1000 samples (4 s at 250 Hz),
 both widths, all modes, mask ratios 0.5 and 0.75, 3 warm-up and 10 timed steps. Without a GPU
@@ -71,6 +73,7 @@ from torch.utils.flop_counter import (
 
 from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
 
+import peers
 from common import record_header, write_results
 
 RESULTS = Path(__file__).parent / "results"
@@ -535,6 +538,75 @@ def features_patchtst(
     return row
 
 
+def train_luna(
+    settings: Settings, values: torch.Tensor, size: Size, ratio: float, peak: float | None
+) -> dict:
+    """Pretraining-step figures of braindecode's LUNA: its masked reconstruction, with the
+    loss on the hidden patches (LUNA's encoder keeps them, as mask tokens)."""
+    row: dict[str, Any] = {}
+    with _memory_window(settings, row):
+        with settings.device:
+            model = peers.luna_model(
+                size.width, size.depth, size.heads, settings.sensors, settings.samples, 0
+            ).train()
+        row["parameters"] = sum(p.numel() for p in model.parameters())
+        generator = torch.Generator().manual_seed(0)
+        masks = [
+            peers.luna_mask(*values.shape, ratio, generator).to(settings.device) for _ in range(4)
+        ]
+        # LUNA's channel-name embedding knows 90 EEG names and MEG sensors have none: every
+        # sensor takes the first, which costs what any other would.
+        names = torch.zeros(values.shape[:2], dtype=torch.long, device=settings.device)
+
+        def one_step(net: torch.nn.Module, mask: torch.Tensor) -> None:
+            n = mask.shape[0]
+            with settings.autocast():
+                reconstruction = net(values[:n], mask=mask, channel_names=names[:n])
+            error = (reconstruction.float() - values[:n]) ** 2
+            loss = (error * mask).sum() / mask.sum()
+            loss.backward()
+
+        flops = count_flops(lambda: one_step(model, masks[0][:1]))
+        model.zero_grad(set_to_none=True)
+        row["gradient_checkpointing"] = False
+        seconds = time_training(settings, model, one_step, masks)
+    row.update(_figures(settings, seconds, flops, peak))
+    return _luna_tokens(settings, row)
+
+
+def features_luna(settings: Settings, values: torch.Tensor, size: Size, peak: float | None) -> dict:
+    """Feature-extraction figures of braindecode's LUNA: its forward through the temporal
+    transformer and its attention-pooling head (no mask, no grad)."""
+    row: dict[str, Any] = {}
+    with _memory_window(settings, row):
+        with settings.device:
+            model = peers.luna_model(
+                size.width, size.depth, size.heads, settings.sensors, settings.samples, 2
+            ).eval()
+        row["parameters"] = sum(p.numel() for p in model.parameters())
+        net = settings.compiled(model)
+
+        def forward(module: torch.nn.Module, batch: torch.Tensor) -> None:
+            with torch.no_grad(), settings.autocast():
+                module(batch)
+
+        flops = count_flops(lambda: forward(model, values[:1]))
+        seconds = time_steps(
+            lambda: forward(net, values), settings.warmup, settings.steps, settings.device
+        )
+    row.update(_figures(settings, seconds, flops, peak))
+    return _luna_tokens(settings, row)
+
+
+def _luna_tokens(settings: Settings, row: dict) -> dict:
+    """LUNA's tokens are its own: one per (sensor, patch of 40 samples)."""
+    row["patch_length"] = peers.LUNA_PATCH
+    row["tokens_per_s"] = (
+        row["windows_per_s"] * settings.sensors * (settings.samples // peers.LUNA_PATCH)
+    )
+    return row
+
+
 def _is_oom(error: BaseException) -> bool:
     if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
@@ -622,49 +694,66 @@ def markdown(record: dict) -> str:
     peak = record.get("bf16_matmul_peak")
     if peak:
         lines.append(f"measured bf16 matmul peak: {peak['tflops']:.0f} TFLOP/s (n={peak['n']})")
-    peers = {
-        (r["size"], r.get("mask_ratio")): r for r in record["training"] if r["model"] == "patchtst"
-    }
+    luna = s.get("luna") or {}
+    if luna.get("left_out"):
+        lines.append(f"LUNA left out: {luna['left_out']}")
+    patchtst, luna_rows = (
+        _peer_rows(record["training"], "patchtst"),
+        _peer_rows(record["training"], "luna"),
+    )
     lines += [
         "",
         "Training step (forward, backward, AdamW):",
         "",
         "| size | mode | mask | megfm win/s | megfm tok/s | PatchTST win/s | megfm/PatchTST "
-        "| megfm peak mem | PatchTST peak mem | megfm GFLOP/win | megfm MFU | PatchTST MFU |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| LUNA win/s | megfm/LUNA | megfm peak mem | PatchTST peak mem | LUNA peak mem "
+        "| megfm GFLOP/win | megfm MFU | PatchTST MFU | LUNA MFU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in record["training"]:
         if row["model"] != "megfm":
             continue
-        peer = peers.get((row["size"], row["mask_ratio"]))
+        key = (row["size"], row["mask_ratio"])
+        peer, other = patchtst.get(key), luna_rows.get(key)
         lines.append(
             f"| {row['size']} | {row['mode']} | {row['mask_ratio']:g} "
             f"| {_cell(row, 'windows_per_s', '.2f')} | {_cell(row, 'tokens_per_s', ',.0f')} "
             f"| {_cell(peer, 'windows_per_s', '.2f')} | {_ratio(row, peer)} "
-            f"| {_cell(row, mem, 'gib')} | {_cell(peer, mem, 'gib')} "
-            f"| {_cell(row, 'gflops_per_window', '.1f')} "
-            f"| {_cell(row, 'mfu', '.1%')} | {_cell(peer, 'mfu', '.1%')} |"
+            f"| {_cell(other, 'windows_per_s', '.2f')} | {_ratio(row, other)} "
+            f"| {_cell(row, mem, 'gib')} | {_cell(peer, mem, 'gib')} | {_cell(other, mem, 'gib')} "
+            f"| {_cell(row, 'gflops_per_window', '.1f')} | {_cell(row, 'mfu', '.1%')} "
+            f"| {_cell(peer, 'mfu', '.1%')} | {_cell(other, 'mfu', '.1%')} |"
         )
-    feature_peers = {r["size"]: r for r in record["feature_extraction"] if r["model"] == "patchtst"}
+    patchtst = _peer_rows(record["feature_extraction"], "patchtst")
+    luna_rows = _peer_rows(record["feature_extraction"], "luna")
     lines += [
         "",
         "Feature extraction (encoder forward, no grad):",
         "",
-        "| size | mode | megfm win/s | PatchTST win/s | megfm/PatchTST | megfm peak mem "
-        "| PatchTST peak mem | megfm MFU | PatchTST MFU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | mode | megfm win/s | PatchTST win/s | megfm/PatchTST | LUNA win/s | megfm/LUNA "
+        "| megfm peak mem | PatchTST peak mem | LUNA peak mem | megfm MFU | PatchTST MFU "
+        "| LUNA MFU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in record["feature_extraction"]:
         if row["model"] != "megfm":
             continue
-        peer = feature_peers.get(row["size"])
+        key = (row["size"], None)
+        peer, other = patchtst.get(key), luna_rows.get(key)
         lines.append(
             f"| {row['size']} | {row['mode']} | {_cell(row, 'windows_per_s', '.2f')} "
             f"| {_cell(peer, 'windows_per_s', '.2f')} | {_ratio(row, peer)} "
-            f"| {_cell(row, mem, 'gib')} | {_cell(peer, mem, 'gib')} "
-            f"| {_cell(row, 'mfu', '.1%')} | {_cell(peer, 'mfu', '.1%')} |"
+            f"| {_cell(other, 'windows_per_s', '.2f')} | {_ratio(row, other)} "
+            f"| {_cell(row, mem, 'gib')} | {_cell(peer, mem, 'gib')} | {_cell(other, mem, 'gib')} "
+            f"| {_cell(row, 'mfu', '.1%')} | {_cell(peer, 'mfu', '.1%')} "
+            f"| {_cell(other, 'mfu', '.1%')} |"
         )
     return "\n".join(lines)
+
+
+def _peer_rows(rows: list[dict], model: str) -> dict[tuple[str, float | None], dict]:
+    """A peer's rows by (size, mask ratio); feature rows have no mask ratio (None)."""
+    return {(r["size"], r.get("mask_ratio")): r for r in rows if r["model"] == model}
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,7 +791,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of the work that latent mode leaves out)",
     )
     parser.add_argument("--skip-features", action="store_true", help="training steps only")
-    parser.add_argument("--skip-patchtst", action="store_true", help="megfm only")
+    parser.add_argument("--skip-patchtst", action="store_true", help="no PatchTST rows")
+    parser.add_argument("--skip-luna", action="store_true", help="no LUNA rows")
     parser.add_argument("--output", type=Path, help="default: results/training_<device>.json")
     parser.add_argument(
         "--print-table", type=Path, metavar="JSON", help="print the tables of a results file"
@@ -818,6 +908,15 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
+    luna_left_out = "--skip-luna" if args.skip_luna else peers.luna_unavailable(settings.samples)
+    record["settings"]["luna"] = {
+        "braindecode": None if luna_left_out else peers.luna_version(),
+        "left_out": luna_left_out,
+    }
+    if luna_left_out:
+        print(f"LUNA left out: {luna_left_out}", flush=True)
+    values = inputs["input_values"]
+
     def add(section: str, label: dict, measure: Callable[[], dict]) -> None:
         record[section].append(guarded(settings, label, measure))
         write_results(output, record, indent=1)
@@ -832,6 +931,12 @@ def main(argv: list[str] | None = None) -> None:
                     lambda size=size, ratio=ratio: train_patchtst(
                         settings, past_values, size, ratio, peak
                     ),
+                )
+            if not luna_left_out:
+                add(
+                    "training",
+                    {"model": "luna", **common, "mode": "queries", "mask_ratio": ratio},
+                    lambda size=size, ratio=ratio: train_luna(settings, values, size, ratio, peak),
                 )
             for mode in args.modes:
                 add(
@@ -848,6 +953,12 @@ def main(argv: list[str] | None = None) -> None:
                 "feature_extraction",
                 {"model": "patchtst", **common, "mode": "channel"},
                 lambda size=size: features_patchtst(settings, past_values, size, peak),
+            )
+        if not luna_left_out:
+            add(
+                "feature_extraction",
+                {"model": "luna", **common, "mode": "queries"},
+                lambda size=size: features_luna(settings, values, size, peak),
             )
         for mode in args.modes:
             add(

@@ -171,6 +171,27 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
     return rows
 
 
+def luna_text(record: dict | None) -> str | None:
+    """The default model beside braindecode's LUNA-Base (no target: the closest design)."""
+    pairs = []
+    for section, match, what in (
+        ("training", {"mask_ratio": 0.5}, "training (mask 0.5)"),
+        ("feature_extraction", {}, "features"),
+    ):
+        mine = find(record, section, model="megfm", mode="latent", size="small", **match)
+        peer = find(record, section, model="luna", size="small", **match)
+        if ok(mine) and ok(peer):
+            pairs.append(
+                f"{what} {mine['windows_per_s']:,.0f} against {peer['windows_per_s']:,.0f} "
+                f"windows/s ({mine['windows_per_s'] / peer['windows_per_s']:.2f}x)"
+            )
+    if not pairs:
+        return None
+    return (
+        "Beside braindecode's LUNA-Base (the default's width and depth): " + "; ".join(pairs) + "."
+    )
+
+
 def finetuning_text(record: dict | None) -> str | None:
     """Whether fine-tuning on the record's long windows fits the GPU budget, per strategy."""
     if not record:
@@ -233,6 +254,8 @@ def summary(results: Path, device: str) -> str | None:
             f"{bare['gflops_per_window']:.1f} against {everything['gflops_per_window']:.1f} "
             "GFLOP per window).",
         ]
+    if text := luna_text(runs.get("eager")):
+        lines += ["", text]
     if loop and ok(bare):
         rates = ", ".join(
             f"{row['source']} {row['windows_per_s']:,.0f} windows/s "

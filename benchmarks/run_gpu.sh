@@ -9,7 +9,8 @@
 #
 # STEP, in the order they run (default: all):
 #   small     training and features at the reference shape, width 256 x 8, every attention
-#             mode and mask ratio, PatchTST beside (bench_training.py)
+#             mode and mask ratio, PatchTST and (where braindecode is installed or carried)
+#             LUNA beside (bench_training.py)
 #   base      the same at width 768 x 12: does it fit batch 32?
 #   compiled  the default model and PatchTST under torch.compile, mask ratio 0.5
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
@@ -70,7 +71,8 @@ fi
 
 if [ "$rehearse" = 1 ]; then
     device=cpu-rehearsal
-    training=(--device cpu --batch 2 --sensors 30 --samples 100 --steps 1 --warmup 0
+    # 200 samples: whole patches of 25 (megfm, PatchTST) and of 40 (LUNA).
+    training=(--device cpu --batch 2 --sensors 30 --samples 200 --steps 1 --warmup 0
         --modes latent factorized full)
     # 768 x 12 at one mask ratio: its models are slow to build on a CPU, and `small` already
     # runs every ratio through the same code.
@@ -100,9 +102,9 @@ prefix="$results/training_${device}"
 declare -A command=(
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
     [base]="bench_training.py ${training[*]} ${base[*]} --sizes base --output ${prefix}_base.json"
-    [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --output ${prefix}_small_compiled.json"
-    [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --output ${prefix}_small_decode_visible.json"
-    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --skip-features --skip-patchtst --output ${prefix}_small_graphs.json"
+    [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --skip-luna --output ${prefix}_small_compiled.json"
+    [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_decode_visible.json"
+    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_graphs.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"

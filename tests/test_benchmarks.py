@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_summary  # noqa: E402
+import peers  # noqa: E402
 
 DEVICE = "cpu-rehearsal"
 
@@ -40,6 +42,8 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     for step in steps:
         assert f"{step}: ok" in result.stdout
 
+    # LUNA runs beside where braindecode is installed, and says why not elsewhere.
+    luna_left_out = peers.luna_unavailable(200)
     for size in ("small", "base"):
         record = json.loads((tmp_path / f"training_{DEVICE}_{size}.json").read_text())
         rows = record["training"] + record["feature_extraction"]
@@ -48,7 +52,8 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
             ("megfm", "latent"),
             ("megfm", "factorized"),
             ("megfm", "full"),
-        }
+        } | ({("luna", "queries")} if luna_left_out is None else set())
+        assert record["settings"]["luna"]["left_out"] == luna_left_out
         assert all(row["status"] == "ok" and row["windows_per_s"] > 0 for row in rows), rows
         assert all(row["size"] == size for row in rows)
 
@@ -93,6 +98,71 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     }
     assert flops["hidden"] < flops["all"]
     assert (tmp_path / f"run_gpu_{DEVICE}.log").read_text().count("== ") == len(steps)
+
+
+def test_luna_masks_hide_whole_patches_at_the_ratio():
+    generator = torch.Generator().manual_seed(0)
+    mask = peers.luna_mask(3, 30, 200, 0.5, generator)
+    assert mask.shape == (3, 30, 200) and mask.dtype == torch.bool
+    patches = mask.view(3, 30, 5, peers.LUNA_PATCH)
+    # Every patch is hidden or shown whole, and half of each window's 150 patches are hidden.
+    assert torch.equal(patches.all(-1), patches.any(-1))
+    assert patches.all(-1).sum(dim=(1, 2)).tolist() == [75, 75, 75]
+    # Each window draws its own patches.
+    assert not torch.equal(patches[0], patches[1])
+
+
+def test_luna_is_left_out_with_the_reason():
+    assert peers.luna_unavailable(500) == "LUNA needs a multiple of 40 samples (its patch), not 500"
+    with pytest.raises(peers.PeerUnavailable, match="no LUNA has width 256 with 7 heads"):
+        peers.luna_model(256, 8, 7, 306, 1000, classes=2)
+
+
+@pytest.fixture
+def fake_braindecode(tmp_path, monkeypatch):
+    """A braindecode whose package ``__init__`` files fail as a torchaudio that cannot load
+    makes the real ones fail, with a LUNA module that imports a sibling module."""
+    package = tmp_path / "braindecode"
+    for folder in (package, package / "models", package / "modules"):
+        folder.mkdir()
+        (folder / "__init__.py").write_text("raise OSError('libc10_cuda.so: cannot open')\n")
+    (package / "modules" / "layers.py").write_text("WIDTH = 64\n")
+    (package / "models" / "luna.py").write_text(
+        "from braindecode.modules.layers import WIDTH\n\n\nclass LUNA:\n    width = WIDTH\n"
+    )
+    for name in [name for name in sys.modules if name.split(".")[0] == "braindecode"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in [name for name in sys.modules if name.split(".")[0] == "braindecode"]:
+        del sys.modules[name]
+
+
+def test_luna_imports_without_braindecodes_package_inits(fake_braindecode):
+    assert peers.load_luna().width == 64
+    assert peers.luna_unavailable(1000) is None
+
+
+def test_summary_sets_the_default_model_beside_luna():
+    record = {
+        "training": [
+            _row("luna", "queries", "small", 0.5, 50.0),
+            _row("megfm", "latent", "small", 0.5, 400.0),
+        ],
+        "feature_extraction": [
+            {**_row("luna", "queries", "small", None, 2000.0), "mask_ratio": None},
+            {**_row("megfm", "latent", "small", None, 500.0), "mask_ratio": None},
+        ],
+    }
+    assert gpu_summary.luna_text(record) == (
+        "Beside braindecode's LUNA-Base (the default's width and depth): training (mask 0.5) "
+        "400 against 50 windows/s (8.00x); features 500 against 2,000 windows/s (0.25x)."
+    )
+    record["training"][0]["status"] = "OOM"
+    assert gpu_summary.luna_text(record).startswith(
+        "Beside braindecode's LUNA-Base (the default's width and depth): features 500"
+    )
+    assert gpu_summary.luna_text({"training": [], "feature_extraction": []}) is None
 
 
 def test_gpu_run_refuses_unknown_steps():
