@@ -97,6 +97,47 @@ def time_luna(
     return time.perf_counter() - start
 
 
+LABELS = {"megfm": "", "luna": "LUNA-Base "}
+
+
+def timing_row(
+    model: str,
+    precision: str,
+    batch_size: int,
+    *,
+    compiled: bool = False,
+    n_windows: int,
+    preprocess_s: float,
+    features_s: float,
+    scale: float,
+    compile_s: float = 0.0,
+    cosine: float | None = None,
+) -> dict:
+    """One result row, its times scaled to an hour by ``scale``; printed as a table line."""
+    total = (preprocess_s + features_s) * scale + compile_s
+    met = total <= TARGET_SECONDS_PER_HOUR
+    label = LABELS[model] + precision + (" compiled" if compiled else "")
+    print(
+        f"{label:<18} {batch_size:>6} {n_windows / features_s:>10.2f} "
+        f"{'-' if cosine is None else f'{cosine:.4f}':>7} {preprocess_s * scale:>15.1f} "
+        f"{features_s * scale:>13.1f} {total:>10.1f} {'met' if met else 'missed':>13}",
+        flush=True,
+    )
+    row: dict = {"model": model, "precision": precision, "batch_size": batch_size}
+    row.update(compiled=compiled, compile_s=compile_s)
+    if cosine is not None:
+        row["cosine_to_float32"] = cosine
+    return {
+        **row,
+        "windows": n_windows,
+        "features_windows_per_s": n_windows / features_s,
+        "preprocess_s_per_hour": preprocess_s * scale,
+        "features_s_per_hour": features_s * scale,
+        "total_s_per_hour": total,
+        "meets_target": met,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the recording")
@@ -133,7 +174,11 @@ def main() -> None:
         )
 
         rows = []
-        scale = 60.0 / args.minutes
+        timing = {
+            "n_windows": n_windows,
+            "preprocess_s": preprocess_s,
+            "scale": 60.0 / args.minutes,
+        }
         runs = [
             (name, dtype, batch, False) for name, dtype in PRECISIONS for batch in args.batch_sizes
         ]
@@ -154,30 +199,13 @@ def main() -> None:
             )  # fmt: skip
             features_s = time.perf_counter() - start
             reference = features.pooled if reference is None else reference
-            total = (preprocess_s + features_s) * scale + compile_s
             rows.append(
-                {
-                    "model": "megfm",
-                    "precision": name,
-                    "batch_size": batch_size,
-                    "compiled": compiled,
-                    "compile_s": compile_s,
-                    "cosine_to_float32": _cosine(features.pooled, reference),
-                    "windows": n_windows,
-                    "features_windows_per_s": n_windows / features_s,
-                    "preprocess_s_per_hour": preprocess_s * scale,
-                    "features_s_per_hour": features_s * scale,
-                    "total_s_per_hour": total,
-                    "meets_target": total <= TARGET_SECONDS_PER_HOUR,
-                }
-            )
-            print(
-                f"{name + (' compiled' if compiled else ''):<18} {batch_size:>6} "
-                f"{n_windows / features_s:>10.2f} {_cosine(features.pooled, reference):>7.4f} "
-                f"{preprocess_s * scale:>15.1f} {features_s * scale:>13.1f} {total:>10.1f} "
-                f"{'met' if total <= TARGET_SECONDS_PER_HOUR else 'missed':>13}",
-                flush=True,
-            )
+                timing_row(
+                    "megfm", name, batch_size, compiled=compiled, compile_s=compile_s,
+                    cosine=_cosine(features.pooled, reference), **timing,
+                    features_s=features_s,
+                )
+            )  # fmt: skip
 
         luna_left_out = (
             "--skip-luna" if args.skip_luna else peers.luna_unavailable(processor.window_samples)
@@ -187,27 +215,7 @@ def main() -> None:
         for name, dtype in () if luna_left_out else PRECISIONS:
             for batch_size in args.batch_sizes:
                 features_s = time_luna(config, processed, batch_size, dtype)
-                total = (preprocess_s + features_s) * scale
-                rows.append(
-                    {
-                        "model": "luna",
-                        "precision": name,
-                        "batch_size": batch_size,
-                        "compiled": False,
-                        "windows": n_windows,
-                        "features_windows_per_s": n_windows / features_s,
-                        "preprocess_s_per_hour": preprocess_s * scale,
-                        "features_s_per_hour": features_s * scale,
-                        "total_s_per_hour": total,
-                        "meets_target": total <= TARGET_SECONDS_PER_HOUR,
-                    }
-                )
-                print(
-                    f"{'LUNA-Base ' + name:<18} {batch_size:>6} {n_windows / features_s:>10.2f} "
-                    f"{'-':>7} {preprocess_s * scale:>15.1f} {features_s * scale:>13.1f} "
-                    f"{total:>10.1f} {'met' if total <= TARGET_SECONDS_PER_HOUR else 'missed':>13}",
-                    flush=True,
-                )
+                rows.append(timing_row("luna", name, batch_size, **timing, features_s=features_s))
 
     record = {
         **record_header("features_cpu", torch, transformers, mne, device={"threads": args.threads}),

@@ -545,11 +545,7 @@ def train_luna(
     loss on the hidden patches (LUNA's encoder keeps them, as mask tokens)."""
     row: dict[str, Any] = {}
     with _memory_window(settings, row):
-        with settings.device:
-            model = peers.luna_model(
-                size.width, size.depth, size.heads, settings.sensors, settings.samples, 0
-            ).train()
-        row["parameters"] = sum(p.numel() for p in model.parameters())
+        model = _luna(settings, size, row, classes=0).train()
         generator = torch.Generator().manual_seed(0)
         masks = [
             peers.luna_mask(*values.shape, ratio, generator).to(settings.device) for _ in range(4)
@@ -579,11 +575,7 @@ def features_luna(settings: Settings, values: torch.Tensor, size: Size, peak: fl
     transformer and its attention-pooling head (no mask, no grad)."""
     row: dict[str, Any] = {}
     with _memory_window(settings, row):
-        with settings.device:
-            model = peers.luna_model(
-                size.width, size.depth, size.heads, settings.sensors, settings.samples, 2
-            ).eval()
-        row["parameters"] = sum(p.numel() for p in model.parameters())
+        model = _luna(settings, size, row, classes=2).eval()
         net = settings.compiled(model)
 
         def forward(module: torch.nn.Module, batch: torch.Tensor) -> None:
@@ -596,6 +588,17 @@ def features_luna(settings: Settings, values: torch.Tensor, size: Size, peak: fl
         )
     row.update(_figures(settings, seconds, flops, peak))
     return _luna_tokens(settings, row)
+
+
+def _luna(settings: Settings, size: Size, row: dict, classes: int) -> torch.nn.Module:
+    """LUNA at ``size`` on the settings' device (``classes=0``: for pretraining); its
+    parameter count goes into ``row``."""
+    with settings.device:
+        model = peers.luna_model(
+            size.width, size.depth, size.heads, settings.sensors, settings.samples, classes
+        )
+    row["parameters"] = sum(p.numel() for p in model.parameters())
+    return model
 
 
 def _luna_tokens(settings: Settings, row: dict) -> dict:
