@@ -29,7 +29,7 @@ import importlib.metadata as metadata
 
 for name in (
     "transformers", "datasets", "dill", "multiprocess", "mne", "mne-bids", "pooch",
-    "platformdirs", "decorator", "peft",
+    "platformdirs", "decorator", "lazy-loader", "peft",
     # braindecode's LUNA (benchmarks/peers.py), without torchaudio
     "braindecode", "einops", "docstring-inheritance", "torchinfo", "pydantic", "pydantic-core",
     "annotated-types", "typing-inspection",
