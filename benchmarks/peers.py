@@ -59,7 +59,11 @@ def _package_without_init(name: str) -> None:
 
 
 def load_luna() -> type[torch.nn.Module]:
-    """braindecode's ``LUNA`` class; :class:`PeerUnavailable` when it cannot be imported."""
+    """braindecode's ``LUNA`` class; :class:`PeerUnavailable` when it cannot be imported.
+
+    braindecode's packages stay registered without their ``__init__`` files, so later imports
+    of other braindecode models in this process find empty packages: a benchmark needs none.
+    """
     for package in ("braindecode", "braindecode.models", "braindecode.modules"):
         _package_without_init(package)
     try:
