@@ -20,7 +20,8 @@ Beside it, on the same preprocessed windows, braindecode's LUNA-Base (4 queries 
 the default model's temporal width and depth; see ``peers.py``) in float32 and bfloat16 at each
 batch size, its forward through its classification head; ``--skip-luna`` leaves it out.
 
-    python benchmarks/bench_features_cpu.py [--minutes 5] [--batch-sizes 1 2 4 8] [--threads 2]
+    python benchmarks/bench_features_cpu.py [--minutes 5] [--batch-sizes 1 2 4 8] [--threads 2] \
+        [--compile-batch-size 2 (0: no compiled runs)] [--skip-luna]
 
 Prints a table and writes ``benchmarks/results/features_cpu.json``.
 """
@@ -142,7 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the recording")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--compile-batch-size", type=int, default=2, help="batch of compiled runs")
+    parser.add_argument(
+        "--compile-batch-size", type=int, default=2, help="batch of compiled runs (0: none)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip-luna", action="store_true", help="no LUNA rows")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -182,7 +185,8 @@ def main() -> None:
         runs = [
             (name, dtype, batch, False) for name, dtype in PRECISIONS for batch in args.batch_sizes
         ]
-        runs += [(name, dtype, args.compile_batch_size, True) for name, dtype in PRECISIONS]
+        if args.compile_batch_size:
+            runs += [(name, dtype, args.compile_batch_size, True) for name, dtype in PRECISIONS]
         reference = None
         for name, dtype, batch_size, compiled in runs:
             # one untimed batch first (warm-up; for compiled runs, the compilation)

@@ -100,6 +100,50 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     assert (tmp_path / f"run_gpu_{DEVICE}.log").read_text().count("== ") == len(steps)
 
 
+def _run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_cpu_benchmarks_write_their_records_at_toy_sizes(tmp_path):
+    _run_benchmark(
+        "bench_features_cpu.py", "--minutes", "0.15", "--batch-sizes", "1", "2",
+        "--compile-batch-size", "0", "--output", str(tmp_path / "features.json"),
+    )  # fmt: skip
+    record = json.loads((tmp_path / "features.json").read_text())
+    megfm = [row for row in record["results"] if row["model"] == "megfm"]
+    assert [(row["precision"], row["batch_size"]) for row in megfm] == [
+        ("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2),
+    ]  # fmt: skip
+    # 9 s of recording hold two 4-s windows; batch size does not change float32 features.
+    assert all(row["windows"] == 2 for row in record["results"])
+    assert megfm[1]["cosine_to_float32"] > 0.9999 and megfm[2]["cosine_to_float32"] > 0.99
+    for row in record["results"]:
+        hour = row["preprocess_s_per_hour"] + row["features_s_per_hour"] + row["compile_s"]
+        assert row["total_s_per_hour"] == pytest.approx(hour)
+        assert row["meets_target"] == (row["total_s_per_hour"] <= 300.0)
+    luna = [row for row in record["results"] if row["model"] == "luna"]
+    left_out = record["settings"]["luna"]["left_out"]
+    assert left_out == peers.luna_unavailable(1000)
+    assert len(luna) == (0 if left_out else 4)
+
+    _run_benchmark(
+        "bench_dataset_build.py", "--recordings", "2", "--seconds", "10", "--num-proc", "1",
+        "--output", str(tmp_path / "build.json"),
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "build.json").read_text())["results"]
+    assert [row["method"] for row in rows] == ["mne.io.read_raw().get_data()", "build_dataset"]
+    assert rows[1]["windows"] == 4 and rows[1]["windows_per_s"] > 0  # 2 x two 4-s windows
+
+
 def test_luna_masks_hide_whole_patches_at_the_ratio():
     generator = torch.Generator().manual_seed(0)
     mask = peers.luna_mask(3, 30, 200, 0.5, generator)
