@@ -16,7 +16,7 @@ from transformers import PretrainedConfig
 SENSOR_TYPES: tuple[str, ...] = ("magnetometer", "planar_gradiometer", "axial_gradiometer", "opm")
 
 ATTENTION_MODES: tuple[str, ...] = ("latent", "factorized", "full")
-POOLING_MODES: tuple[str, ...] = ("mean", "max")
+POOLING_MODES: tuple[str, ...] = ("mean", "max", "latents")
 
 #: Where the transformers Auto classes find each class when a saved model is loaded with
 #: ``trust_remote_code=True`` (the files travel with the weights).
@@ -128,7 +128,11 @@ class MEGConfig(PretrainedConfig):
             numerically larger type drowns the other in the tokens and in the loss. The masked
             reconstruction loss is then a normalised MSE per sensor type.
         pooling (`str`, *optional*, defaults to `"mean"`):
-            How ``pooler_output`` summarises the valid tokens: ``"mean"`` or ``"max"``.
+            How ``pooler_output`` summarises a window: ``"mean"`` or ``"max"`` over its valid
+            tokens, or, in ``latent`` mode, ``"latents"``: the mean of the latents after the
+            last block, over every patch. ``"latents"`` needs no read-out from the latents to
+            the (sensor, patch) tokens, most of the cost of a forward pass, so the classifier
+            and ``extract_features`` skip it (``MEGModel.forward(output_token_states=False)``).
         classifier_dropout (`float`, *optional*, defaults to 0.1):
             Dropout before the classification layer.
         classifier_norm (`bool`, *optional*, defaults to `True`):
@@ -235,6 +239,11 @@ class MEGConfig(PretrainedConfig):
     def _check(self) -> None:
         _check_option("attention_mode", self.attention_mode, ATTENTION_MODES)
         _check_option("pooling", self.pooling, POOLING_MODES)
+        if self.pooling == "latents" and self.attention_mode != "latent":
+            raise ValueError(
+                f"MEGConfig: pooling='latents' needs attention_mode='latent', got "
+                f"attention_mode={self.attention_mode!r}; use pooling='mean' or 'max'."
+            )
         for name in (
             "patch_length",
             "max_patches",

@@ -43,10 +43,12 @@ class MEGModelOutput(ModelOutput):
         last_hidden_state (`torch.FloatTensor` of shape `(B, S, P, D)`):
             One feature vector per (sensor, time patch) after the encoder and the final norm.
             In `full` mode, which encodes present tokens only, hidden tokens and those of
-            invalid sensors are zeros.
+            invalid sensors are zeros. None when the forward pass was asked to skip it
+            (`output_token_states=False` with `pooling="latents"`).
         pooler_output (`torch.FloatTensor` of shape `(B, D)`):
-            Summary of the tokens of valid sensors (mean or max, see `config.pooling`); in
-            `full` mode of the present tokens.
+            Summary of the tokens of valid sensors (mean or max, see `config.pooling`; in
+            `full` mode of the present tokens), or with `pooling="latents"` the mean of the
+            final latents over every patch.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             With `output_hidden_states=True`: the embeddings, then the output of every encoder
             block. `(B, S, P, D)` each in `full` and `factorized` modes; in `latent` mode the
@@ -726,10 +728,13 @@ def _present_first(kept: torch.Tensor) -> torch.Tensor:
 class EncoderResult:
     """What an encoder hands back to the model (internal)."""
 
-    grid: torch.Tensor
+    #: (B, S, P, D) token states; None where the latent encoder skipped its read-out
+    grid: torch.Tensor | None
     hidden_states: tuple[torch.Tensor, ...] | None
     attentions: tuple[torch.Tensor, ...] | None
     sensor_attentions: tuple[torch.Tensor, ...] | None
+    #: (B, P, L, D) normalised latents after the last block (latent encoder only)
+    latents: torch.Tensor | None = None
 
 
 class MEGFullEncoder(nn.Module):
@@ -1006,10 +1011,12 @@ class MEGLatentEncoder(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         rows: torch.Tensor | None = None,
+        read_out_tokens: bool = True,
     ) -> EncoderResult:
         """`grid` (B, S, P, D) tokens, `present` (B, S, P), `time` (P, D) patch encoding,
         `geometry` (B, S, F) Fourier features of the sensors, `rows` (B, S, P) the tokens
-        to read out (all when None)."""
+        to read out (all when None); `read_out_tokens=False` skips the read-out (no token
+        states)."""
         batch_size, num_sensors, num_patches, hidden_size = grid.shape
         num_latents = self.num_latents
         sensors = grid.transpose(1, 2).reshape(batch_size * num_patches, num_sensors, hidden_size)
@@ -1039,20 +1046,23 @@ class MEGLatentEncoder(nn.Module):
                 attentions += (weights,)
         latents = self.latent_norm(latents).view(batch_size * num_patches, num_latents, hidden_size)
 
-        readout_rows = None
-        if rows is not None:
-            readout_rows = rows.transpose(1, 2).reshape(batch_size * num_patches, num_sensors)
-        tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
-        tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
-        tokens = self.norm(tokens)
-        if rows is not None:
-            tokens = tokens * rows[..., None].to(tokens.dtype)
+        tokens = None
+        if read_out_tokens:
+            readout_rows = None
+            if rows is not None:
+                readout_rows = rows.transpose(1, 2).reshape(batch_size * num_patches, num_sensors)
+            tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
+            tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
+            tokens = self.norm(tokens)
+            if rows is not None:
+                tokens = tokens * rows[..., None].to(tokens.dtype)
         sensor_attentions = None
         if output_attentions:
             sensor_attentions = (
                 cross_weights.view(batch_size, num_patches, *cross_weights.shape[1:]),
             )
-        return EncoderResult(tokens, hidden_states, attentions, sensor_attentions)
+        latents = latents.view(batch_size, num_patches, num_latents, hidden_size)
+        return EncoderResult(tokens, hidden_states, attentions, sensor_attentions, latents)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1161,6 +1171,7 @@ class MEGModel(MEGPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_token_states: bool = True,
     ) -> MEGModelOutput | tuple:
         r"""
         Args:
@@ -1182,6 +1193,10 @@ class MEGModel(MEGPreTrainedModel):
                 Return the states after every block.
             return_dict (`bool`, *optional*):
                 Return a [`MEGModelOutput`] rather than a tuple.
+            output_token_states (`bool`, *optional*, defaults to `True`):
+                Return `last_hidden_state`. With `pooling="latents"`, `False` skips the
+                read-out from the latents to every (sensor, patch), most of the cost of the
+                pass, and `last_hidden_state` is None; other poolings need the token states.
         """
         output_attentions = (
             self.config.output_attentions if output_attentions is None else output_attentions
@@ -1203,6 +1218,7 @@ class MEGModel(MEGPreTrainedModel):
             mask,
             output_attentions,
             output_hidden_states,
+            output_token_states=output_token_states,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1216,13 +1232,15 @@ class MEGModel(MEGPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         read_out: torch.Tensor | None = None,
+        output_token_states: bool = True,
     ) -> MEGModelOutput:
         """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads).
 
         `read_out` `(B, S, P)`, in `latent` mode, names the tokens a head needs: only they are
         read out from the latents, the others' features are zeros, and the pooled features
-        cover them alone.
+        cover them alone (unless `pooling="latents"`). `output_token_states` as in `forward`.
         """
+        latent_pooling = self.config.pooling == "latents"
         hidden = None
         if sensor_mask is not None:
             hidden = ~sensor_mask[:, :, None].expand(
@@ -1252,15 +1270,20 @@ class MEGModel(MEGPreTrainedModel):
             time = self.embeddings.time_encoding(grid.shape[2], grid.device, grid.dtype)
             geometry = self.embeddings.geometry.fourier_features(sensor_positions)
             result = self.encoder(
-                grid, present, time, geometry, output_attentions, output_hidden_states, read_out
-            )
+                grid, present, time, geometry, output_attentions, output_hidden_states, read_out,
+                read_out_tokens=output_token_states or not latent_pooling,
+            )  # fmt: skip
             if read_out is not None:
                 pooled = read_out if pooled is None else pooled & read_out
         else:
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
+        if latent_pooling:
+            pooler_output = result.latents.mean(dim=(1, 2))
+        else:
+            pooler_output = self.pool(result.grid, pooled)
         return MEGModelOutput(
             last_hidden_state=result.grid,
-            pooler_output=self.pool(result.grid, pooled),
+            pooler_output=pooler_output,
             hidden_states=result.hidden_states,
             attentions=result.attentions,
             sensor_attentions=result.sensor_attentions,
@@ -1589,6 +1612,7 @@ class MEGForSequenceClassification(MEGPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            output_token_states=False,  # not returned; pooling="latents" then skips the read-out
         )
         pooled = outputs.pooler_output
         logits = self.classifier(self.dropout(self.norm(pooled)))

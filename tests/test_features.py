@@ -78,6 +78,22 @@ def test_tokens_of_evoked_responses(meg_data_dir, model_and_processor):
     )
 
 
+def test_latent_pooled_features_skip_the_token_states(meg_data_dir, model_and_processor):
+    model, processor = model_and_processor
+    processed = processor.process(meg_data_dir / RECORDING, reject=False)
+    fast = MEGModel(MEGConfig(**{**model.config.to_dict(), "pooling": "latents"}))
+    fast.load_state_dict(model.state_dict())
+    features = extract_features(fast, processor, processed, batch_size=3, progress=False)
+    with_tokens = extract_features(
+        fast, processor, processed, batch_size=3, return_tokens=True, progress=False
+    )
+    np.testing.assert_allclose(features.pooled, with_tokens.pooled, rtol=1e-5, atol=1e-6)
+    assert features.tokens is None and with_tokens.tokens.shape[:2] == (len(processed), 306)
+    # the same weights, another summary of the window than the mean of its tokens
+    mean = extract_features(model, processor, processed, batch_size=3, progress=False)
+    assert not np.allclose(features.pooled, mean.pooled, atol=1e-3)
+
+
 def test_mismatched_processor_and_other_models_are_refused(meg_data_dir, model_and_processor):
     model, _ = model_and_processor
     with pytest.raises(ValueError, match="does not match the model"):
@@ -108,6 +124,17 @@ def test_features_command_writes_one_file_per_recording(
     np.testing.assert_allclose(saved["pooled"], reference.pooled, rtol=1e-5, atol=1e-6)
     assert saved["tokens"].shape[:2] == (len(reference.pooled), 306)
     assert list(saved["events"]) == reference.events
+
+    # --pooling overrides the saved model's pooling
+    code = main(["features", "--model", str(folder), "--output", str(tmp_path / "latents"),
+                 "--no-progress", "--pooling", "latents", str(recording)])  # fmt: skip
+    assert code == 0
+    latents = np.load(tmp_path / "latents" / "141027_cropped_90Hz_raw.npz")
+    expected = extract_features(
+        MEGModel.from_pretrained(folder, pooling="latents"), processor, recording, progress=False
+    )
+    np.testing.assert_allclose(latents["pooled"], expected.pooled, rtol=1e-5, atol=1e-6)
+    assert "tokens" not in latents
 
 
 def test_features_command_names_what_is_missing(

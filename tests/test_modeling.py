@@ -346,6 +346,35 @@ def test_sequence_classification_losses(problem_type):
     torch.testing.assert_close(out.loss, expected_loss(out.logits, labels))
 
 
+def test_latent_pooling_summarises_the_final_latents_without_the_read_out():
+    model = MEGModel(tiny_config(pooling="latents")).eval()
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=60)
+    full = model(**batch, output_hidden_states=True)
+    # the mean over patches and latents of the last block's states, normalised
+    expected = model.encoder.latent_norm(full.hidden_states[-1]).mean(dim=(1, 2))
+    torch.testing.assert_close(full.pooler_output, expected)
+    assert full.last_hidden_state.shape == (2, 12, 6, model.config.hidden_size)
+
+    readout_calls = []
+    model.encoder.readout.register_forward_hook(lambda *_: readout_calls.append(1))
+    fast = model(**batch, output_token_states=False)
+    assert fast.last_hidden_state is None and not readout_calls
+    torch.testing.assert_close(fast.pooler_output, full.pooler_output)
+    # Other poolings need the token states, so they are computed whatever is asked.
+    model.config.pooling = "mean"
+    tokens = model(**batch, output_token_states=False)
+    assert tokens.last_hidden_state is not None and readout_calls
+    torch.testing.assert_close(tokens.pooler_output, tokens.last_hidden_state.mean(dim=(1, 2)))
+
+
+def test_classifier_with_latent_pooling_trains_without_the_read_out():
+    model = MEGForSequenceClassification(tiny_config(pooling="latents", num_labels=2))
+    out = model(**meg_batch(batch_size=4), labels=torch.tensor([0, 1, 1, 0]))
+    out.loss.backward()
+    assert model.megfm.encoder.layers[-1].mlp.fc2.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.megfm.encoder.readout.parameters())
+
+
 def test_problem_type_is_inferred_like_transformers():
     model = MEGForSequenceClassification(tiny_config(num_labels=2))
     model(**meg_batch(batch_size=2), labels=torch.tensor([0, 1]))
@@ -494,6 +523,8 @@ def test_unknown_sensor_type_is_rejected(small_model, code):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="attention_mode='dense' is not allowed"):
         MEGConfig(attention_mode="dense")
+    with pytest.raises(ValueError, match="pooling='latents' needs attention_mode='latent'"):
+        MEGConfig(attention_mode="factorized", pooling="latents")
     with pytest.raises(
         ValueError, match="hidden_size=30 is not divisible by num_attention_heads=4"
     ):

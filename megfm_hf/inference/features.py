@@ -148,6 +148,7 @@ def extract_features(
                     sensor_types=types.expand(size, -1),
                     sensor_mask=valid.expand(size, -1),
                     return_dict=True,
+                    output_token_states=return_tokens,
                 )
             pooled[indices] = output.pooler_output[:count].float().cpu().numpy()
             if return_tokens:
