@@ -8,6 +8,8 @@ attention, width 256 x 8 layers, 250 Hz, patches of 25 samples) and its default 
 
 - **preprocessing**: ``MEGProcessor.process`` (read, filter, resample, scale, window);
 - **features**: ``extract_features`` over every window, in float32 and under bfloat16 autocast,
+  pooled as the default model pools (the mean of its tokens) and, with the same weights, from
+  its final latents (``pooling="latents"``, which skips the read-out to every token),
   for each of ``--batch-sizes`` (on a CPU small batches are faster per window: the
   intermediate tensors of large ones outgrow the caches and the allocator's reuse), and with
   ``torch.compile`` at ``--compile-batch-size`` (its compilation time is added to the total),
@@ -113,18 +115,21 @@ def timing_row(
     scale: float,
     compile_s: float = 0.0,
     cosine: float | None = None,
+    pooling: str | None = None,
 ) -> dict:
     """One result row, its times scaled to an hour by ``scale``; printed as a table line."""
     total = (preprocess_s + features_s) * scale + compile_s
     met = total <= TARGET_SECONDS_PER_HOUR
     label = LABELS[model] + precision + (" compiled" if compiled else "")
+    label += " latents" if pooling == "latents" else ""
     print(
         f"{label:<18} {batch_size:>6} {n_windows / features_s:>10.2f} "
         f"{'-' if cosine is None else f'{cosine:.4f}':>7} {preprocess_s * scale:>15.1f} "
         f"{features_s * scale:>13.1f} {total:>10.1f} {'met' if met else 'missed':>13}",
         flush=True,
     )
-    row: dict = {"model": model, "precision": precision, "batch_size": batch_size}
+    row: dict = {"model": model, "pooling": pooling, "precision": precision}
+    row["batch_size"] = batch_size
     row.update(compiled=compiled, compile_s=compile_s)
     if cosine is not None:
         row["cosine_to_float32"] = cosine
@@ -147,6 +152,14 @@ def main() -> None:
         "--compile-batch-size", type=int, default=2, help="batch of compiled runs (0: none)"
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--poolings",
+        nargs="+",
+        choices=("mean", "latents"),
+        default=["mean", "latents"],
+        help="pooled features of the default model: the mean of its tokens, and the same weights "
+        "pooled from the final latents (pooling='latents', no read-out to every token)",
+    )
     parser.add_argument("--skip-luna", action="store_true", help="no LUNA rows")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -182,31 +195,42 @@ def main() -> None:
             "preprocess_s": preprocess_s,
             "scale": 60.0 / args.minutes,
         }
+        # The same weights pooled from the final latents (no read-out to every token).
+        models = {"mean": model}
+        if "latents" in args.poolings:
+            models["latents"] = MEGModel(MEGConfig(pooling="latents")).eval()
+            models["latents"].load_state_dict(model.state_dict())
         runs = [
-            (name, dtype, batch, False) for name, dtype in PRECISIONS for batch in args.batch_sizes
+            (pooling, name, dtype, batch, False)
+            for pooling in args.poolings
+            for name, dtype in PRECISIONS
+            for batch in args.batch_sizes
         ]
         if args.compile_batch_size:
-            runs += [(name, dtype, args.compile_batch_size, True) for name, dtype in PRECISIONS]
-        reference = None
-        for name, dtype, batch_size, compiled in runs:
+            runs += [
+                ("mean", name, dtype, args.compile_batch_size, True) for name, dtype in PRECISIONS
+            ]
+        references: dict[str, np.ndarray] = {}
+        for pooling, name, dtype, batch_size, compiled in runs:
+            encoder = models[pooling]
             # one untimed batch first (warm-up; for compiled runs, the compilation)
             start = time.perf_counter()
             extract_features(
-                model, processor, _first(processed, batch_size), batch_size=batch_size,
+                encoder, processor, _first(processed, batch_size), batch_size=batch_size,
                 autocast_dtype=dtype, torch_compile=compiled, progress=False,
             )  # fmt: skip
             compile_s = time.perf_counter() - start if compiled else 0.0
             start = time.perf_counter()
             features = extract_features(
-                model, processor, processed, batch_size=batch_size, autocast_dtype=dtype,
+                encoder, processor, processed, batch_size=batch_size, autocast_dtype=dtype,
                 torch_compile=compiled, progress=False,
             )  # fmt: skip
             features_s = time.perf_counter() - start
-            reference = features.pooled if reference is None else reference
+            reference = references.setdefault(pooling, features.pooled)
             rows.append(
                 timing_row(
                     "megfm", name, batch_size, compiled=compiled, compile_s=compile_s,
-                    cosine=_cosine(features.pooled, reference), **timing,
+                    cosine=_cosine(features.pooled, reference), pooling=pooling, **timing,
                     features_s=features_s,
                 )
             )  # fmt: skip

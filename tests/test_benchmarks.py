@@ -120,12 +120,18 @@ def test_cpu_benchmarks_write_their_records_at_toy_sizes(tmp_path):
     )  # fmt: skip
     record = json.loads((tmp_path / "features.json").read_text())
     megfm = [row for row in record["results"] if row["model"] == "megfm"]
-    assert [(row["precision"], row["batch_size"]) for row in megfm] == [
-        ("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2),
-    ]  # fmt: skip
-    # 9 s of recording hold two 4-s windows; batch size does not change float32 features.
+    assert [(row["pooling"], row["precision"], row["batch_size"]) for row in megfm] == [
+        (pooling, precision, batch)
+        for pooling in ("mean", "latents")
+        for precision in ("float32", "bfloat16")
+        for batch in (1, 2)
+    ]
+    # 9 s of recording hold two 4-s windows; batch size does not change float32 features, and
+    # each pooling is compared with its own float32 features.
     assert all(row["windows"] == 2 for row in record["results"])
-    assert megfm[1]["cosine_to_float32"] > 0.9999 and megfm[2]["cosine_to_float32"] > 0.99
+    for first in (0, 4):
+        assert megfm[first + 1]["cosine_to_float32"] > 0.9999
+        assert megfm[first + 2]["cosine_to_float32"] > 0.99
     for row in record["results"]:
         hour = row["preprocess_s_per_hour"] + row["features_s_per_hour"] + row["compile_s"]
         assert row["total_s_per_hour"] == pytest.approx(hour)
