@@ -236,14 +236,22 @@ class MEGConfig(PretrainedConfig):
         """Duration of one patch in seconds."""
         return self.patch_length / self.sampling_rate
 
-    def _check(self) -> None:
-        _check_option("attention_mode", self.attention_mode, ATTENTION_MODES)
+    def check_pooling(self) -> None:
+        """Raise unless ``pooling`` is known and fits ``attention_mode``.
+
+        Models check it again when built: ``from_pretrained(..., pooling=...)`` sets the
+        attribute on a loaded configuration without validating it.
+        """
         _check_option("pooling", self.pooling, POOLING_MODES)
         if self.pooling == "latents" and self.attention_mode != "latent":
             raise ValueError(
                 f"MEGConfig: pooling='latents' needs attention_mode='latent', got "
                 f"attention_mode={self.attention_mode!r}; use pooling='mean' or 'max'."
             )
+
+    def _check(self) -> None:
+        _check_option("attention_mode", self.attention_mode, ATTENTION_MODES)
+        self.check_pooling()
         for name in (
             "patch_length",
             "max_patches",

@@ -1133,6 +1133,7 @@ class MEGModel(MEGPreTrainedModel):
 
     def __init__(self, config: MEGConfig):
         super().__init__(config)
+        config.check_pooling()
         self.embeddings = MEGEmbeddings(config)
         if config.attention_mode == "latent":
             self.encoder = MEGLatentEncoder(config, self.embeddings.geometry.num_features)

@@ -419,6 +419,29 @@ def test_cli_reports_bad_input(tmp_path, cohort, capsys):
     assert "absent" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_evaluation_classifies_features_pooled_as_asked(tmp_path, cohort, pretrained, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    common = ["--dataset", str(cohort["dataset"]), "--max-windows", "6", "--mask-folds", "2",
+              "--permutations", "100", "--bootstrap", "100", "--no-progress"]  # fmt: skip
+    output = tmp_path / "latents"
+    args = ["--model", str(pretrained), "--output", str(output), "--pooling", "latents"]
+    assert run(parser.parse_args(args + common)) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["pooling"] == "latents"
+    assert "logistic regression, pooled: latents" in (output / "report.md").read_text()
+    assert 0.0 <= metrics["classification"]["features"]["logistic_regression"]["roc_auc"][0] <= 1
+    # The saved pooling is left as it is; a mode without latents is refused with the reason.
+    assert json.loads((pretrained / "config.json").read_text())["pooling"] == "mean"
+    factorized = _small_model(tmp_path / "factorized", attention_mode="factorized")
+    args = ["--model", str(factorized), "--output", str(tmp_path / "out"), "--pooling", "latents"]
+    assert run(parser.parse_args(args + common)) == 1
+    assert "pooling='latents' needs attention_mode='latent'" in capsys.readouterr().err
+
+
 def test_unlabelled_dataset_skips_classification(tmp_path, cohort):
     import datasets
 

@@ -525,6 +525,11 @@ def test_config_rejects_bad_values():
         MEGConfig(attention_mode="dense")
     with pytest.raises(ValueError, match="pooling='latents' needs attention_mode='latent'"):
         MEGConfig(attention_mode="factorized", pooling="latents")
+    # from_pretrained(..., pooling=...) sets the attribute without the config's checks
+    loaded = tiny_config(attention_mode="factorized")
+    loaded.pooling = "latents"
+    with pytest.raises(ValueError, match="pooling='latents' needs attention_mode='latent'"):
+        MEGModel(loaded)
     with pytest.raises(
         ValueError, match="hidden_size=30 is not divisible by num_attention_heads=4"
     ):

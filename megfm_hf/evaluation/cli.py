@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from ..modeling.configuration_megfm import POOLING_MODES
 from .evaluate import evaluate_model
 
 
@@ -53,6 +54,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--permutations", type=int, default=2000, help="permutations of the null tests"
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument(
+        "--pooling", choices=POOLING_MODES, default=None,
+        help="how the classified features summarise a window (default: the model's own); "
+        "'latents' pools the final latents of a latent-mode model",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             n_permutations=args.permutations,
             n_bootstrap=args.bootstrap,
             progress=not args.no_progress,
+            pooling=args.pooling,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"megfm evaluate: {err}", file=sys.stderr)

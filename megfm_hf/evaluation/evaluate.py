@@ -128,6 +128,7 @@ def evaluate_model(
     n_permutations: int = 2000,
     n_bootstrap: int = 2000,
     progress: bool = True,
+    pooling: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a pretrained model on a dataset: the three claims, with figures and a report.
 
@@ -168,6 +169,9 @@ def evaluate_model(
         Resamples of the null distributions and confidence intervals.
     progress : bool
         Show progress bars.
+    pooling : str, optional
+        How the classification's features summarise a window, overriding the model's
+        ``config.pooling`` (``"latents"`` pools the final latents of a latent-mode model).
 
     Returns
     -------
@@ -187,7 +191,7 @@ def evaluate_model(
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = load_model(model_dir, device)
+    model = load_model(model_dir, device, pooling)
     data = load_evaluation_data(dataset_dir)
     check_compatibility(model, data, model_dir)
     test_subjects, train_subjects = select_subjects(data, model_dir, subjects)
@@ -231,6 +235,7 @@ def evaluate_model(
         "n_test_windows": int(len(windows.indices)),
         "seed": seed,
         "max_windows": max_windows,
+        "pooling": model.config.pooling,
     }
     figures: dict[str, str] = {}
 

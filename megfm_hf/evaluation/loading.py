@@ -104,7 +104,7 @@ def check_model_folder(model_dir: str | Path) -> Path:
 
 
 def load_model(
-    model_dir: str | Path, device: str | torch.device = "cpu"
+    model_dir: str | Path, device: str | torch.device = "cpu", pooling: str | None = None
 ) -> MEGForMaskedSignalModeling:
     """Load a saved masked-signal model for evaluation.
 
@@ -114,6 +114,8 @@ def load_model(
         A ``save_pretrained`` folder with ``config.json`` and ``model.safetensors``.
     device : str | torch.device
         Where to run the model.
+    pooling : str, optional
+        Override of the saved ``config.pooling`` (how a window's features are summarised).
 
     Returns
     -------
@@ -128,7 +130,10 @@ def load_model(
         When the folder, its ``config.json`` or its weights are missing.
     """
     folder = check_model_folder(model_dir)
-    model, info = MEGForMaskedSignalModeling.from_pretrained(folder, output_loading_info=True)
+    overrides = {} if pooling is None else {"pooling": pooling}
+    model, info = MEGForMaskedSignalModeling.from_pretrained(
+        folder, output_loading_info=True, **overrides
+    )
     missing = [key for key in info.get("missing_keys", []) if key.startswith("decoder.")]
     model.decoder_loaded = not missing
     if missing:

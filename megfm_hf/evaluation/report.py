@@ -104,8 +104,9 @@ def _classification_claim(metrics: Mapping) -> list[str]:
         verdict = f"higher but not significant (p = {test['p_value']:.3g})"
     else:
         verdict = f"not supported (p = {test['p_value']:.3g})"
+    pooled = "" if metrics.get("pooling", "mean") == "mean" else f", pooled: {metrics['pooling']}"
     return [
-        "pretrained features beat raw-signal features (AUROC, logistic regression)",
+        f"pretrained features beat raw-signal features (AUROC, logistic regression{pooled})",
         f"{_f(model[0])} [{_f(model[1])}, {_f(model[2])}]",
         f"raw {_f(raw[0])} [{_f(raw[1])}, {_f(raw[2])}]",
         verdict,
