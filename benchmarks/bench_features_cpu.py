@@ -85,15 +85,12 @@ def luna_features(
 
 
 def time_luna(
-    config: MEGConfig, processed: ProcessedRecording, batch_size: int, dtype: torch.dtype | None
+    model: torch.nn.Module,
+    processed: ProcessedRecording,
+    batch_size: int,
+    dtype: torch.dtype | None,
 ) -> float:
-    """Seconds of the forward over every window (after one untimed batch) of LUNA at the
-    temporal width, depth and heads of ``config`` (LUNA-Base for the default model)."""
-    sensors, samples = processed.windows([0]).shape[1:]
-    model = peers.luna_model(
-        config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-        sensors, samples, classes=2,
-    ).eval()  # fmt: skip
+    """Seconds of LUNA's forward over every window (after one untimed batch)."""
     luna_features(model, _first(processed, batch_size), batch_size, dtype)
     start = time.perf_counter()
     luna_features(model, processed, batch_size, dtype)
@@ -240,9 +237,15 @@ def main() -> None:
         )
         if luna_left_out:
             print(f"LUNA left out: {luna_left_out}")
+        else:
+            # LUNA at the default model's temporal width, depth and heads: LUNA-Base
+            luna = peers.luna_model(
+                config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+                len(processed.sensor_mask), processor.window_samples, classes=2,
+            ).eval()  # fmt: skip
         for name, dtype in () if luna_left_out else PRECISIONS:
             for batch_size in args.batch_sizes:
-                features_s = time_luna(config, processed, batch_size, dtype)
+                features_s = time_luna(luna, processed, batch_size, dtype)
                 rows.append(timing_row("luna", name, batch_size, **timing, features_s=features_s))
 
     record = {

@@ -364,17 +364,23 @@ class Settings:
 
 
 def _figures(
-    settings: Settings, seconds: list[float], flops_per_window: int, peak_tflops: float | None
+    settings: Settings,
+    seconds: list[float],
+    flops_per_window: int,
+    peak_tflops: float | None,
+    tokens_per_window: int | None = None,
 ) -> dict[str, Any]:
+    """Rates of timed steps; tokens per window default to the settings' (patches of 25)."""
     median = statistics.median(seconds)
     windows_per_s = settings.batch / median
     achieved = flops_per_window * windows_per_s / 1e12
+    tokens = settings.tokens_per_window if tokens_per_window is None else tokens_per_window
     return {
         "status": "ok",
         "step_seconds_median": median,
         "step_seconds": seconds,
         "windows_per_s": windows_per_s,
-        "tokens_per_s": windows_per_s * settings.tokens_per_window,
+        "tokens_per_s": windows_per_s * tokens,
         "gflops_per_window": flops_per_window / 1e9,
         "achieved_tflops": achieved,
         "mfu": achieved / peak_tflops if peak_tflops else None,
@@ -566,8 +572,8 @@ def train_luna(
         model.zero_grad(set_to_none=True)
         row["gradient_checkpointing"] = False
         seconds = time_training(settings, model, one_step, masks)
-    row.update(_figures(settings, seconds, flops, peak))
-    return _luna_tokens(settings, row)
+    row.update(_figures(settings, seconds, flops, peak, _luna_tokens_per_window(settings)))
+    return row
 
 
 def features_luna(settings: Settings, values: torch.Tensor, size: Size, peak: float | None) -> dict:
@@ -586,8 +592,8 @@ def features_luna(settings: Settings, values: torch.Tensor, size: Size, peak: fl
         seconds = time_steps(
             lambda: forward(net, values), settings.warmup, settings.steps, settings.device
         )
-    row.update(_figures(settings, seconds, flops, peak))
-    return _luna_tokens(settings, row)
+    row.update(_figures(settings, seconds, flops, peak, _luna_tokens_per_window(settings)))
+    return row
 
 
 def _luna(settings: Settings, size: Size, row: dict, classes: int) -> torch.nn.Module:
@@ -598,16 +604,13 @@ def _luna(settings: Settings, size: Size, row: dict, classes: int) -> torch.nn.M
             size.width, size.depth, size.heads, settings.sensors, settings.samples, classes
         )
     row["parameters"] = sum(p.numel() for p in model.parameters())
+    row["patch_length"] = peers.LUNA_PATCH
     return model
 
 
-def _luna_tokens(settings: Settings, row: dict) -> dict:
+def _luna_tokens_per_window(settings: Settings) -> int:
     """LUNA's tokens are its own: one per (sensor, patch of 40 samples)."""
-    row["patch_length"] = peers.LUNA_PATCH
-    row["tokens_per_s"] = (
-        row["windows_per_s"] * settings.sensors * (settings.samples // peers.LUNA_PATCH)
-    )
-    return row
+    return settings.sensors * (settings.samples // peers.LUNA_PATCH)
 
 
 def _is_oom(error: BaseException) -> bool:
