@@ -7,6 +7,7 @@ only the Python standard library, torch and transformers.
 from __future__ import annotations
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 #: Sensor kinds the model knows, in the order of their integer codes in ``sensor_types``.
 #: ``magnetometer``: SQUID magnetometers (MEGIN/Neuromag), field in tesla.
@@ -219,7 +220,7 @@ class MEGConfig(PretrainedConfig):
         # a saved folder as remote code.
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
-        self._check()
+        self.validate()
 
     @property
     def num_sensor_types(self) -> int:
@@ -236,22 +237,26 @@ class MEGConfig(PretrainedConfig):
         """Duration of one patch in seconds."""
         return self.patch_length / self.sampling_rate
 
-    def check_pooling(self) -> None:
-        """Raise unless ``pooling`` is known and fits ``attention_mode``.
+    def validate(self) -> None:
+        """Raise a ``ValueError`` naming the first setting that is out of range.
 
-        Models check it again when built: ``from_pretrained(..., pooling=...)`` sets the
-        attribute on a loaded configuration without validating it.
+        Runs when the configuration is built, when a model is built from it (so the overrides
+        of ``from_pretrained(..., attention_mode=...)``, which transformers sets on a loaded
+        configuration without checking them, are checked too) and when it is saved.
         """
+        super().validate()
+        _check_option("attention_mode", self.attention_mode, ATTENTION_MODES)
         _check_option("pooling", self.pooling, POOLING_MODES)
         if self.pooling == "latents" and self.attention_mode != "latent":
             raise ValueError(
                 f"MEGConfig: pooling='latents' needs attention_mode='latent', got "
                 f"attention_mode={self.attention_mode!r}; use pooling='mean' or 'max'."
             )
-
-    def _check(self) -> None:
-        _check_option("attention_mode", self.attention_mode, ATTENTION_MODES)
-        self.check_pooling()
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"MEGConfig: hidden_act={self.hidden_act!r} is not an activation transformers "
+                "knows (transformers.activations.ACT2FN), such as 'gelu' or 'silu'."
+            )
         for name in (
             "patch_length",
             "max_patches",
@@ -269,8 +274,11 @@ class MEGConfig(PretrainedConfig):
             raise ValueError(
                 f"MEGConfig: decoder_num_layers={self.decoder_num_layers} must be >= 0."
             )
-        if self.sampling_rate <= 0:
-            raise ValueError(f"MEGConfig: sampling_rate={self.sampling_rate} Hz must be positive.")
+        for name in ("sampling_rate", "mlp_ratio", "layer_norm_eps", "initializer_range"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MEGConfig: {name}={getattr(self, name)!r} must be positive.")
+        for name in ("hidden_dropout_prob", "attention_dropout", "classifier_dropout"):
+            _check_range(name, getattr(self, name), 0.0, 1.0, closed_high=False)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"MEGConfig: hidden_size={self.hidden_size} is not divisible by "
@@ -280,6 +288,11 @@ class MEGConfig(PretrainedConfig):
             raise ValueError(
                 f"MEGConfig: decoder_hidden_size={self.decoder_hidden_size} is not divisible by "
                 f"decoder_num_attention_heads={self.decoder_num_attention_heads}."
+            )
+        if self.norm_patch_loss and self.patch_length < 2:
+            raise ValueError(
+                "MEGConfig: norm_patch_loss=True normalises every patch by its variance, which "
+                f"needs patch_length >= 2; got patch_length={self.patch_length}."
             )
         _check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, closed_high=False)
         _check_range("mask_sensor_fraction", self.mask_sensor_fraction, 0.0, 1.0, closed_high=True)

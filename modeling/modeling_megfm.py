@@ -221,8 +221,11 @@ def _lowest(scores: torch.Tensor, counts: torch.Tensor) -> torch.BoolTensor:
 
     A partial selection (``topk``) rather than a full sort: several times faster for the
     thousands of tokens of a window. Its results only need ordering when rows want
-    different counts.
+    different counts. While `torch.compile` traces, whose shapes must not depend on the
+    counts, every score's rank is compared with its row's count instead (the same tokens).
     """
+    if torch.compiler.is_compiling():
+        return scores.argsort(dim=-1).argsort(dim=-1) < counts[:, None]
     chosen = torch.zeros_like(scores, dtype=torch.bool)
     most = int(counts.max()) if counts.numel() else 0
     if most == 0:
@@ -897,7 +900,11 @@ class MEGFactorizedEncoder(nn.Module):
         if not gather:
             result = self._encode(grid, present, output_attentions, output_hidden_states)
             if present is not None:
-                result.grid = result.grid * present[..., None].to(result.grid.dtype)
+                # Absent tokens are zeros in every output, as in the other modes.
+                keep = present[..., None].to(result.grid.dtype)
+                result.grid = result.grid * keep
+                if result.hidden_states is not None:
+                    result.hidden_states = tuple(state * keep for state in result.hidden_states)
             return result
 
         sub_present = _take_grid(present[..., None], sensors, patches)[..., 0]
@@ -1090,6 +1097,12 @@ class MEGPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = False
 
+    def __init__(self, config: MEGConfig, *inputs, **kwargs):
+        # `from_pretrained(..., attention_mode=...)` sets overrides on the loaded configuration
+        # without checking them: check before anything is built from it.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -1133,7 +1146,6 @@ class MEGModel(MEGPreTrainedModel):
 
     def __init__(self, config: MEGConfig):
         super().__init__(config)
-        config.check_pooling()
         self.embeddings = MEGEmbeddings(config)
         if config.attention_mode == "latent":
             self.encoder = MEGLatentEncoder(config, self.embeddings.geometry.num_features)
@@ -1158,9 +1170,12 @@ class MEGModel(MEGPreTrainedModel):
             filled = last_hidden_state.masked_fill(
                 ~weights, torch.finfo(last_hidden_state.dtype).min
             )
-            return filled.amax(dim=(1, 2))
-        total = (last_hidden_state * weights).sum(dim=(1, 2))
-        return total / weights.sum(dim=(1, 2)).clamp(min=1).to(total.dtype)
+            # A window with no token to pool gives zeros, as the mean does, not -inf.
+            return torch.where(weights.any(dim=(1, 2)), filled.amax(dim=(1, 2)), 0.0)
+        # Summed in float32: a half-precision sum over the ~10^5 tokens of a long window
+        # overflows.
+        total = (last_hidden_state.float() * weights).sum(dim=(1, 2))
+        return (total / weights.sum(dim=(1, 2)).clamp(min=1)).to(last_hidden_state.dtype)
 
     def forward(
         self,
@@ -1644,12 +1659,17 @@ class MEGForSequenceClassification(MEGPreTrainedModel):
                 return F.mse_loss(logits.squeeze(-1).float(), labels.squeeze().float().view(-1))
             return F.mse_loss(logits.float(), labels.float())
         if self.config.problem_type == "single_label_classification":
-            if labels.min() < 0 or labels.max() >= self.num_labels:
-                raise ValueError(
-                    f"labels hold class {int(labels.max())} but the model has num_labels="
-                    f"{self.num_labels}; expected class indices in [0, {self.num_labels})."
-                )
-            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+            labels = labels.view(-1)
+            if not torch.compiler.is_compiling():
+                # -100 marks samples to leave out of the loss, as everywhere in transformers.
+                bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.num_labels))]
+                if bad.numel():
+                    raise ValueError(
+                        f"labels hold class {int(bad[0])} but the model has num_labels="
+                        f"{self.num_labels}; expected class indices in [0, "
+                        f"{self.num_labels}) or -100 for samples to leave out of the loss."
+                    )
+            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels)
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 

@@ -450,6 +450,34 @@ def test_torch_compile_full_graph(mode):
     expected = model(**batch, mask=mask)
     got = compiled(**batch, mask=mask)
     torch.testing.assert_close(got.reconstruction, expected.reconstruction)
+    # The mask drawn inside forward when the caller passes none traces too.
+    drawn = compiled(**batch)
+    assert drawn.mask.sum(dim=(1, 2)).tolist() == [14, 14]  # round(0.5 * 9 sensors * 3 patches)
+    assert torch.isfinite(drawn.loss)
+
+
+def test_token_selection_traces_and_picks_the_same_tokens():
+    from megfm_hf.modeling.modeling_megfm import _lowest
+
+    torch._dynamo.reset()
+    scores = torch.rand(3, 50, generator=torch.Generator().manual_seed(0))
+    counts = torch.tensor([0, 7, 49])
+    traced = torch.compile(_lowest, fullgraph=True, backend="aot_eager")(scores, counts)
+    eager = _lowest(scores, counts)
+    assert torch.equal(traced, eager)
+    assert eager.sum(dim=1).tolist() == [0, 7, 49]
+    assert torch.equal(eager[1], scores[1] <= scores[1].sort().values[6])
+
+
+def test_torch_compile_full_graph_classifier_with_labels():
+    torch._dynamo.reset()
+    model = MEGForSequenceClassification(tiny_config(num_labels=2)).eval()
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    labels = torch.tensor([0, 1])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(
+        compiled(**batch, labels=labels).loss, model(**batch, labels=labels).loss
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -536,3 +564,76 @@ def test_config_rejects_bad_values():
         MEGConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="mask_ratio=1.0 is outside"):
         MEGConfig(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="hidden_act='relu6x' is not an activation"):
+        MEGConfig(hidden_act="relu6x")
+    with pytest.raises(ValueError, match="attention_dropout=1.5 is outside"):
+        MEGConfig(attention_dropout=1.5)
+    with pytest.raises(ValueError, match="mlp_ratio=0.0 must be positive"):
+        MEGConfig(mlp_ratio=0.0)
+    with pytest.raises(ValueError, match="norm_patch_loss=True .* needs patch_length >= 2"):
+        MEGConfig(patch_length=1, norm_patch_loss=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"attention_mode": "dense"}, "attention_mode='dense' is not allowed"),
+        ({"mask_ratio": 1.5}, "mask_ratio=1.5 is outside"),
+        ({"pooling": "latents", "attention_mode": "full"}, "pooling='latents' needs"),
+    ],
+)
+def test_from_pretrained_overrides_are_checked(tmp_path, override, message):
+    # transformers sets from_pretrained's keyword overrides on the loaded configuration
+    # without running its checks; the model runs them before building anything.
+    MEGForMaskedSignalModeling(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        MEGForMaskedSignalModeling.from_pretrained(tmp_path, **override)
+
+
+def test_invalid_configuration_is_not_saved(tmp_path):
+    config = tiny_config()
+    config.mask_ratio = 2.0
+    with pytest.raises(ValueError, match="mask_ratio=2.0 is outside"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_half_precision_mean_pooling_of_a_long_window_stays_finite():
+    # 24 sensors x 3000 patches: a float16 sum over the 72,000 tokens overflows (max 65,504).
+    model = MEGModel(tiny_config())
+    tokens = torch.ones(1, 24, 3000, dtype=torch.bool)
+    states = torch.full((1, 24, 3000, 32), 1.5, dtype=torch.float16)
+    pooled = model.pool(states, tokens)
+    assert pooled.dtype == torch.float16
+    torch.testing.assert_close(pooled, torch.full((1, 32), 1.5, dtype=torch.float16))
+
+
+def test_max_pooling_of_a_window_without_tokens_gives_zeros():
+    model = MEGModel(tiny_config(pooling="max"))
+    states = torch.randn(2, 6, 3, 32)
+    tokens = torch.ones(2, 6, 3, dtype=torch.bool)
+    tokens[1] = False
+    pooled = model.pool(states, tokens)
+    torch.testing.assert_close(pooled[0], states[0].amax(dim=(0, 1)))
+    assert torch.equal(pooled[1], torch.zeros(32))
+
+
+def test_factorized_hidden_states_are_zero_at_padded_sensors():
+    model = MEGModel(tiny_config(attention_mode="factorized")).eval()
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    batch["sensor_mask"][1, 6:] = False
+    out = model(**batch, output_hidden_states=True)
+    for state in out.hidden_states[1:]:
+        assert torch.count_nonzero(state[1, 6:]) == 0
+        assert torch.count_nonzero(state[1, :6]) > 0
+
+
+def test_classification_labels_of_minus_100_are_left_out_of_the_loss():
+    model = MEGForSequenceClassification(tiny_config(num_labels=3)).eval()
+    batch = meg_batch(batch_size=3)
+    out = model(**batch, labels=torch.tensor([2, -100, 0]))
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[[0, 2]], torch.tensor([2, 0])))
+    with pytest.raises(ValueError, match="labels hold class -2 but the model has num_labels=3"):
+        model(**batch, labels=torch.tensor([1, -2, 0]))
+    with pytest.raises(ValueError, match="labels hold class 3 "):
+        model(**batch, labels=torch.tensor([3, 0, 0]))
