@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import mne
@@ -115,3 +116,40 @@ def test_identifier_in_subject_column_is_refused(meg_data_dir, tmp_path):
         )
     report = (tmp_path / "out" / ".megfm-build" / "status").glob("*.json")
     assert all(his_id.lower() not in p.read_text().lower() for p in report)
+
+
+def test_dates_are_identifiers_in_every_common_spelling(meg_data_dir):
+    info = read_recording(meg_data_dir / FILES[0]).info
+    birthday = info["subject_info"]["birthday"]
+    measured = info["meas_date"].date()
+    identifiers = identifier_strings(info)
+    for date in (birthday, measured):
+        spellings = [
+            date.strftime("%Y%m%d"),  # BIDS session labels: ses-20021203
+            date.strftime("%d.%m.%Y"),
+            date.strftime("%d/%m/%Y"),
+        ]
+        for text in (f"ses-{spellings[0]}", f"born {spellings[1]}", f"seen {spellings[2]}"):
+            with pytest.raises(PrivacyError):
+                check_no_identifiers(text, identifiers, where="dataset rows")
+    # with keep_meas_date the date may stay; the birthday may not
+    kept = identifier_strings(info, include_meas_date=False)
+    check_no_identifiers(f"ses-{measured:%Y%m%d}", kept, where="dataset rows")
+    with pytest.raises(PrivacyError):
+        check_no_identifiers(f"ses-{birthday:%Y%m%d}", kept, where="dataset rows")
+
+
+def test_measurement_date_as_session_label_is_refused(meg_data_dir, tmp_path):
+    path = meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif"
+    session = read_recording(path).info["meas_date"].strftime("%Y%m%d")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(f"path\tsubject\tsession\n{path}\ts01\t{session}\n")
+    with pytest.raises(RuntimeError, match="no recording produced windows"):
+        build_dataset(
+            manifest,
+            tmp_path / "out",
+            processor=MEGProcessor(window_seconds=0.2, h_freq=40.0, reject=None),
+            secret="t",
+        )
+    (status,) = (tmp_path / "out" / ".megfm-build" / "status").glob("*.json")
+    assert json.loads(status.read_text())["reason"] == "privacy"

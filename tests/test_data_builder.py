@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import datasets
@@ -21,6 +24,7 @@ from megfm_hf.data import (
     push_dataset_to_hub,
     read_manifest,
 )
+from megfm_hf.data import builder as builder_module
 from megfm_hf.data.testing import make_raw, write_raw
 
 PROCESSOR = dict(window_seconds=0.2, tmin=-0.05, l_freq=1.0, h_freq=40.0, reject=None)
@@ -350,3 +354,56 @@ def test_recipes_against_local_folders(tmp_path, meg_data_dir):
     _write_bids(somato, tmp_path)
     recordings, event_id = fetch_recipe("somato", path=tmp_path, download=False)
     assert event_id == {"somatosensory": 1} and len(recordings) == 3
+
+
+def test_secret_key_is_private_from_the_moment_it_exists(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEGFM_DATASET_SECRET", raising=False)
+    modes = []
+    real_fsync = os.fsync
+
+    def record_mode(fd):
+        # the content is written by now; nobody else may read it before the rename
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record_mode)
+    previous = os.umask(0)  # the most permissive umask a user can have
+    try:
+        secret = builder_module._load_secret(tmp_path, None)
+    finally:
+        os.umask(previous)
+    key_file = tmp_path / "secret.key"
+    assert modes == [0o600]
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert bytes.fromhex(key_file.read_text()) == secret
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]  # no temporary left
+
+
+def test_mixed_coordinate_frames_warn_and_line_freq_is_recorded(tmp_path, meg_data_dir, caplog):
+    # KIT file without marker coils: identity transform, device coordinates; 50 Hz hum
+    kit = meg_data_dir / "kit125/MQKIT_125_2sec.con"
+    # a Vectorview-like recording with a real head position and 60 Hz hum, no info["line_freq"]
+    raw = make_raw(duration=4.0, sfreq=500.0, line_freq=None)
+    data = raw.get_data()
+    data[:-1] += 5e-12 * np.sin(2 * np.pi * 60.0 * raw.times)
+    raw = mne.io.RawArray(data, raw.info, verbose="error")
+    trans = np.eye(4)
+    trans[:3, 3] = [0.0, 0.01, 0.04]
+    raw.info["dev_head_t"] = mne.transforms.Transform("meg", "head", trans)
+    vectorview = write_raw(raw, tmp_path / "vv_raw.fif")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(f"path\tsubject\n{kit}\ts01\n{vectorview}\ts02\n")
+    processor = MEGProcessor(window_seconds=0.4, l_freq=1.0, h_freq=100.0, reject=None)
+    with caplog.at_level(logging.WARNING, logger="megfm_hf.data.builder"):
+        build_dataset(manifest, tmp_path / "out", processor=processor, secret=SECRET)
+    warnings = [r.getMessage() for r in caplog.records if "coordinate frames" in r.getMessage()]
+    report = json.loads((tmp_path / "out" / "megfm_dataset.json").read_text())
+    recordings = sorted(report["recordings"], key=lambda r: r["manifest_row"])
+    assert len(warnings) == 1
+    assert f"head: row 2 (recording {recordings[1]['recording']})" in warnings[0]
+    assert f"meg: row 1 (recording {recordings[0]['recording']})" in warnings[0]
+    assert str(tmp_path) not in warnings[0] and "MQKIT" not in warnings[0]
+    assert [r["coordinate_frame"] for r in recordings] == ["meg", "head"]
+    assert [r["line_freq"] for r in recordings] == [50.0, 60.0]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "50 Hz in 1 of 2 recordings, 60 Hz in 1 of 2 recordings" in card

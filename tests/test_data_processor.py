@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import mne
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 from transformers import BatchFeature
 
 from megfm_hf import MEGConfig
-from megfm_hf.data import MEGProcessor
-from megfm_hf.data.testing import make_raw
+from megfm_hf.data import MEGDataError, MEGProcessor, build_dataset, read_recording
+from megfm_hf.data.manifest import RecordingSpec
+from megfm_hf.data.testing import make_raw, write_raw
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -152,3 +154,133 @@ def test_epochs_input():
     assert processed.plan.events == ["a", "b"]
     assert processed.windows().shape == (2, 36, 100)
     np.testing.assert_allclose(processed.plan.onsets_s, -0.1, atol=1 / 250)
+
+
+def _raw_with_line_noise(line_freq, *, info_line_freq=None, seed=0):
+    """Sensor noise plus power-line hum at ``line_freq`` (none when ``None``) of 20x its level."""
+    raw = make_raw(n_sites=8, duration=10.0, sfreq=500.0, line_freq=info_line_freq, seed=seed)
+    if line_freq is not None:
+        data = raw.get_data()
+        scale = np.where(np.array(raw.get_channel_types()) == "grad", 100.0, 1.0)[:-1, None]
+        data[:-1] += 2e-12 * scale * np.sin(2 * np.pi * line_freq * raw.times + 0.3)
+        raw = mne.io.RawArray(data, raw.info, verbose="error")
+    return raw
+
+
+def _line_amplitude(processed, line_freq):
+    """Amplitude of the ``line_freq`` component of the magnetometers, in pT."""
+    windows = processed.windows()[:, processed.sensors.types == 0]
+    spectrum = np.abs(np.fft.rfft(windows, axis=-1)) * 2 / windows.shape[-1]
+    freqs = np.fft.rfftfreq(windows.shape[-1], 1 / processed.preprocessed.sfreq)
+    return spectrum[..., np.argmin(np.abs(freqs - line_freq))].mean()
+
+
+@pytest.mark.parametrize("line_freq", [50.0, 60.0])
+def test_line_freq_is_detected_when_info_lacks_it(line_freq, caplog):
+    raw = _raw_with_line_noise(line_freq)
+    processor = MEGProcessor(window_seconds=2.0, reject=None)
+    with caplog.at_level(logging.INFO, logger="megfm_hf.data.preprocessing"):
+        processed = processor.process(raw, path="sub-01_meg.fif")
+    assert processed.preprocessed.line_freq == line_freq
+    assert f"sub-01_meg.fif: info['line_freq'] is not set; notch at {line_freq:g} Hz" in caplog.text
+    unfiltered = MEGProcessor(window_seconds=2.0, reject=None, notch=False).process(raw)
+    assert _line_amplitude(processed, line_freq) < 0.05 * _line_amplitude(unfiltered, line_freq)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "expected"),
+    [
+        ("kit125/MQKIT_125_2sec.con", 50.0),  # Macquarie University, Sydney
+        ("kit160/Example_RICOH160-1_10020-export_anonymyze.con", 60.0),  # Ricoh, western Japan
+    ],
+)
+def test_line_freq_of_real_recordings_without_it(meg_data_dir, relpath, expected):
+    path = meg_data_dir / relpath
+    processor = MEGProcessor(window_seconds=0.4, l_freq=1.0, h_freq=100.0, reject=None)
+    assert processor.read(path).info["line_freq"] is None
+    assert processor.process(path).preprocessed.line_freq == expected
+
+
+def test_unclear_line_freq_falls_back_to_50_hz_with_a_warning(caplog):
+    raw = _raw_with_line_noise(None)  # white noise only: no line peak
+    with caplog.at_level(logging.WARNING, logger="megfm_hf.data.preprocessing"):
+        processed = MEGProcessor(window_seconds=2.0, reject=None).process(raw, path="rec.fif")
+    assert processed.preprocessed.line_freq == 50.0
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1
+    assert warning[0].startswith("rec.fif: info['line_freq'] is not set")
+    assert "no clear 50 or 60 Hz peak" in warning[0] and "MEGProcessor(line_freq=...)" in warning[0]
+
+
+def test_line_freq_given_by_the_user_or_the_file_is_not_overridden():
+    hum_at_60 = _raw_with_line_noise(60.0)
+    explicit = MEGProcessor(window_seconds=2.0, reject=None, line_freq=50.0).process(hum_at_60)
+    assert explicit.preprocessed.line_freq == 50.0
+    from_file = _raw_with_line_noise(60.0, info_line_freq=50.0)
+    processed = MEGProcessor(window_seconds=2.0, reject=None).process(from_file)
+    assert processed.preprocessed.line_freq == 50.0
+    without_notch = MEGProcessor(window_seconds=2.0, reject=None, notch=False).process(hum_at_60)
+    assert without_notch.preprocessed.line_freq is None
+
+
+EVOKED = "neuromag306-audvis-evoked/test-ave.fif.gz"
+EVOKED_PROCESSOR = dict(sfreq=200.0, patch_length=10, window_seconds=0.5, tmin=-0.2, h_freq=40.0)
+
+
+def _magnetometer_level(processed):
+    """Median over magnetometers of each condition's robust standard deviation."""
+    data = processed.windows()[:, processed.sensors.types == 0]
+    deviation = np.abs(data - np.median(data, axis=-1, keepdims=True))
+    return np.median(1.4826 * np.median(deviation, axis=-1), axis=-1)
+
+
+def test_robust_scaling_keeps_relative_amplitudes_between_conditions(meg_data_dir):
+    evokeds = read_recording(meg_data_dir / EVOKED)
+    physical = MEGProcessor(**EVOKED_PROCESSOR, reject=None).process(evokeds)
+    robust = MEGProcessor(**EVOKED_PROCESSOR, reject=None, scaling_mode="robust").process(evokeds)
+    ratio = _magnetometer_level(robust) / _magnetometer_level(physical)
+    # one factor for the recording: conditions keep their amplitudes relative to each other
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    assert not np.allclose(_magnetometer_level(physical), _magnetometer_level(physical)[0])
+
+    # the same segments as epochs scale the same way
+    epochs = mne.EpochsArray(
+        np.stack([evoked.data for evoked in evokeds]),
+        evokeds[0].info,
+        tmin=evokeds[0].tmin,
+        verbose="error",
+    )
+    as_epochs = MEGProcessor(**EVOKED_PROCESSOR, reject=None, scaling_mode="robust").process(epochs)
+    np.testing.assert_allclose(as_epochs.windows(), robust.windows(), rtol=1e-4, atol=1e-5)
+
+
+def test_conditions_on_different_time_axes_name_the_condition(meg_data_dir):
+    evokeds = read_recording(meg_data_dir / EVOKED)
+    evokeds[2].crop(tmax=0.3)
+    processor = MEGProcessor(**EVOKED_PROCESSOR, reject=None)
+    with pytest.raises(MEGDataError, match=r"x-ave\.fif: condition 'Left visual' spans") as err:
+        processor.process(evokeds, path="x-ave.fif")
+    assert "condition 'Left Auditory'" in str(err.value)
+    evokeds = read_recording(meg_data_dir / EVOKED)
+    evokeds[1].drop_channels([evokeds[1].ch_names[0]])
+    with pytest.raises(MEGDataError, match=r"condition 'Right Auditory' has 305 MEG channels"):
+        processor.process(evokeds, path="x-ave.fif")
+
+
+def test_inconsistent_evoked_file_fails_only_its_recording(meg_data_dir, tmp_path):
+    evokeds = read_recording(meg_data_dir / EVOKED)
+    evokeds[3].crop(tmax=0.3)
+    broken = tmp_path / "broken-ave.fif"
+    mne.write_evokeds(broken, evokeds, verbose="error")
+    good = write_raw(make_raw(duration=4.0), tmp_path / "good_raw.fif")
+    specs = [
+        RecordingSpec(str(broken), "s01", "1", "auditory", "", 0),
+        RecordingSpec(str(good), "s02", "1", "rest", "", 1),
+    ]
+    result = build_dataset(
+        specs, tmp_path / "out", processor=MEGProcessor(**EVOKED_PROCESSOR), secret="t"
+    )
+    assert result.n_recordings == 1
+    (failure,) = result.failures
+    assert failure["manifest_row"] == 0 and failure["reason"] == "inconsistent-segments"
+    assert "condition 'Right visual'" in failure["problem"]

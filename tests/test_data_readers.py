@@ -28,7 +28,8 @@ RECORDINGS = [
     ("ctf275/testdata_ctf_short_discontinuous.ds", "ctf", {AXIAL: 273}, "head", None),
     ("ctf151-somatosensory/somMDYO-18av.ds", "ctf", {AXIAL: 151}, "head", 1),  # an average
     ("kit160/Example_RICOH160-1_10020-export_anonymyze.con", "kit", {AXIAL: 160}, "head", None),
-    ("kit125/MQKIT_125_2sec.con", "kit", {AXIAL: 125}, "head", None),
+    # read without marker coils: MNE sets an identity dev_head_t, so positions are device ones
+    ("kit125/MQKIT_125_2sec.con", "kit", {AXIAL: 125}, "meg", None),
     ("kit157/test.sqd", "kit", {AXIAL: 157}, "head", None),
     ("neuromag306/test_elekta-ave.fif", "evoked", {MAG: 102, PLANAR: 204}, "meg", 7),
     ("neuromag306-audvis-evoked/test-ave.fif.gz", "evoked", {MAG: 102, PLANAR: 204}, "head", 4),
@@ -78,7 +79,10 @@ def test_recording_reads_and_windows(
 
     if n_conditions is None:
         assert processed.segments is None
-        np.testing.assert_allclose(np.diff(processed.plan.onsets_s), 0.2, atol=1e-9)
+        # consecutive 0.2 s windows, less those crossing a trial boundary (multi-trial CTF)
+        steps = np.diff(processed.plan.onsets_s) / 0.2
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-6)
+        assert int(np.round(steps).sum()) - len(steps) == processed.plan.n_dropped_by_annotation
         assert set(processed.plan.events) == {""}
     else:
         assert len(processed) == n_conditions
@@ -153,3 +157,18 @@ def test_opm_array():
     inputs = MEGProcessor(window_seconds=1.0, reject=None)(raw, return_tensors="np")
     assert inputs["input_values"].shape == (4, 10, 250)
     assert (inputs["sensor_types"] == OPM).all()
+
+
+def test_identity_dev_head_t_means_device_coordinates(meg_data_dir):
+    # without marker coils MNE sets an identity transform: the head position is unknown
+    plain = read_recording(meg_data_dir / "kit125/MQKIT_125_2sec.con")
+    np.testing.assert_allclose(plain.info["dev_head_t"]["trans"], np.eye(4))
+    info = mne.pick_info(plain.info, mne.pick_types(plain.info, meg=True, ref_meg=False))
+    assert sensor_array(info).coordinate_frame == "meg"
+    # with marker coils and digitisation (found beside the file) the transform is real
+    coregistered = read_recording(meg_data_dir / "kit157/test.sqd")
+    assert not np.allclose(coregistered.info["dev_head_t"]["trans"], np.eye(4))
+    info = mne.pick_info(
+        coregistered.info, mne.pick_types(coregistered.info, meg=True, ref_meg=False)
+    )
+    assert sensor_array(info).coordinate_frame == "head"

@@ -16,6 +16,7 @@ import pytest
 
 from megfm_hf.data import MEGProcessor, build_dataset
 from megfm_hf.data import builder as builder_module
+from megfm_hf.data.manifest import RecordingSpec
 from megfm_hf.data.testing import make_raw, write_raw
 
 SECRET = "resume-secret"
@@ -126,3 +127,42 @@ def test_changed_settings_refuse_to_mix(manifest, tmp_path):
         build_dataset(manifest, out, processor=other, secret=SECRET)
     result = build_dataset(manifest, out, processor=other, secret=SECRET, overwrite=True)
     assert result.load().features["input_values"].shape == (None, 200)
+
+
+def _statuses(out: Path) -> dict[str, float]:
+    """Modification time of each recording's status file."""
+    return {p.name: p.stat().st_mtime_ns for p in (out / ".megfm-build" / "status").iterdir()}
+
+
+def test_changed_label_or_reader_kwargs_redo_only_that_recording(tmp_path):
+    recordings = [
+        write_raw(make_raw(duration=3.0, sfreq=500.0, seed=i), tmp_path / f"rec{i}_raw.fif")
+        for i in range(2)
+    ]
+
+    def specs(label0, label1="patient"):
+        return [
+            RecordingSpec(str(recordings[0]), "s0", "1", "rest", label0, 0),
+            RecordingSpec(str(recordings[1]), "s1", "1", "rest", label1, 1),
+        ]
+
+    out = tmp_path / "dataset"
+    processor = MEGProcessor(**PROCESSOR)
+    build_dataset(specs("control"), out, processor=processor, secret=SECRET)
+    before = _statuses(out)
+    result = build_dataset(specs("healthy"), out, processor=processor, secret=SECRET)
+    assert sorted(set(result.load()["label"])) == ["healthy", "patient"]
+    after = _statuses(out)
+    assert sum(after[name] != before[name] for name in before) == 1
+
+    # a reader argument changes what is read: every recording is redone
+    result = build_dataset(
+        specs("healthy"),
+        out,
+        processor=processor,
+        secret=SECRET,
+        reader_kwargs={"allow_maxshield": True},
+    )
+    again = _statuses(out)
+    assert all(again[name] != after[name] for name in after)
+    assert result.n_windows == 2 * 7

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import mne
 import numpy as np
 import pytest
 
-from megfm_hf.data import EventNotFoundError, MEGProcessor
+from megfm_hf.data import EventNotFoundError, MEGProcessor, NoWindowsError, read_recording
 from megfm_hf.data.testing import BURST_DURATION, make_raw
 from megfm_hf.data.windowing import (
     event_locked_windows,
+    find_events,
     fixed_length_windows,
     peak_to_peak_rejection,
     window_samples,
@@ -117,3 +120,92 @@ def test_processor_reports_rejections():
     assert processed.n_candidates == 4 and len(processed) == 3
     assert processed.plan.rejected == {"magnetometer": 1}
     np.testing.assert_allclose(processed.plan.onsets_s, [0.0, 1.0, 3.0])
+
+
+@pytest.mark.parametrize("meas_date", ["from the file", None])
+def test_annotation_events_count_from_the_first_sample(meg_data_dir, meas_date):
+    # the file starts at first_samp 12900 (43 s into the acquisition)
+    raw = mne.io.read_raw_fif(
+        meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif", verbose="error"
+    )
+    if meas_date is None:
+        raw.set_meas_date(None)
+    raw.set_annotations(mne.Annotations([0.5], [0.0], ["tone"], orig_time=None))
+    times, names = find_events(raw, ["tone"])
+    events, _ = mne.events_from_annotations(raw, verbose="error")
+    assert names == ["tone"]
+    np.testing.assert_allclose(
+        times, (events[:, 0] - raw.first_samp) / raw.info["sfreq"], atol=1 / raw.info["sfreq"]
+    )
+    processor = MEGProcessor(
+        sfreq=100.0, patch_length=10, window_seconds=0.3, tmin=-0.1, h_freq=40.0, reject=None
+    )
+    processed = processor.process(raw, event_id=["tone"])
+    np.testing.assert_allclose(processed.plan.onsets_s, [0.4], atol=0.5 / processor.sfreq)
+
+
+def _raw_with_bad_segment():
+    raw = make_raw(n_sites=10, sfreq=200.0, duration=10.0)
+    raw.set_annotations(
+        mne.Annotations([2.0, 4.5, 7.0], [0.0, 0.0, 0.0], ["tone", "tone", "tone"])
+        + mne.Annotations([4.0], [1.0], ["BAD_movement"])
+    )
+    return raw
+
+
+def test_windows_overlapping_bad_annotations_are_dropped(caplog):
+    processor = MEGProcessor(
+        sfreq=100.0, patch_length=10, window_seconds=1.0, tmin=-0.2, l_freq=1.0, h_freq=40.0,
+        reject=None,
+    )  # fmt: skip
+    raw = _raw_with_bad_segment()
+    with caplog.at_level(logging.INFO, logger="megfm_hf.data.windowing"):
+        fixed = processor.process(raw, mode="fixed")
+    # 1 s windows from 0 s; the one from 4 to 5 s lies in BAD_movement (4.0-5.0 s)
+    np.testing.assert_allclose(fixed.plan.onsets_s, [0, 1, 2, 3, 5, 6, 7, 8, 9])
+    assert fixed.plan.n_dropped_by_annotation == 1
+    assert "dropped 1 of 10 windows overlapping BAD or EDGE annotations" in caplog.text
+
+    # every annotation but the bad one is an event; the window around 4.5 s is dropped
+    locked = processor.process(raw, event_id=None, mode="events")
+    assert locked.plan.events == ["tone", "tone"]
+    np.testing.assert_allclose(locked.plan.onsets_s, [1.8, 6.8], atol=0.5 / processor.sfreq)
+    assert locked.plan.n_dropped_by_annotation == 1
+
+
+def test_stim_events_in_bad_segments_are_dropped():
+    raw = make_raw(sfreq=SFREQ_IN, duration=6.0, event_samples=EVENTS, event_codes=CODES)
+    # 1150 samples = 2.3 s
+    raw.set_annotations(mne.Annotations([2.2], [0.3], ["BAD_jump"]))
+    processor = MEGProcessor(window_seconds=0.4, tmin=-0.1, reject=None, event_id={"a": 1, "b": 2})
+    processed = processor.process(raw)
+    np.testing.assert_allclose(
+        processed.plan.onsets_s, np.array([600, 1700, 2400]) / SFREQ_IN - 0.1, atol=0.004
+    )
+
+
+def test_all_windows_in_bad_segments_is_a_data_error():
+    raw = make_raw(sfreq=SFREQ_IN, duration=3.0)
+    raw.set_annotations(mne.Annotations([0.0], [3.0], ["BAD_movement"]))
+    processor = MEGProcessor(window_seconds=1.0, reject=None)
+    with pytest.raises(NoWindowsError, match=r"rec\.fif.*3 windows.*overlap BAD or EDGE"):
+        processor.process(raw, path="rec.fif")
+
+
+def test_ctf_trials_are_never_crossed(meg_data_dir):
+    path = meg_data_dir / "ctf275/testdata_ctf_short_discontinuous.ds"
+    raw = read_recording(path)
+    trial = raw.n_times // 2 / raw.info["sfreq"]  # two trials of 1201 samples
+    # marked as mne.concatenate_raws marks the boundary between two recordings
+    assert sorted(raw.annotations.description) == ["BAD boundary", "EDGE boundary"]
+    np.testing.assert_allclose(raw.annotations.onset - raw.first_time, trial)
+    processor = MEGProcessor(
+        sfreq=250.0, window_seconds=0.4, patch_length=25, l_freq=1.0, h_freq=40.0, reject=None
+    )
+    processed = processor.process(path)
+    onsets = processed.plan.onsets_s
+    ends = onsets + processor.window_seconds
+    assert np.all((ends <= trial) | (onsets >= trial))
+    # windows at 0 and 0.4 s in the first trial; the one from 0.8 s would cross into the second
+    np.testing.assert_allclose(onsets, [0.0, 0.4, 1.2, 1.6])
+    assert processed.plan.n_dropped_by_annotation == 1

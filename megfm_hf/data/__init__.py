@@ -18,6 +18,7 @@ from .builder import (
 )
 from .errors import (
     EventNotFoundError,
+    InconsistentSegmentsError,
     ManifestError,
     MEGDataError,
     MissingLabelError,
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_REJECT",
     "DEFAULT_SCALINGS",
     "EventNotFoundError",
+    "InconsistentSegmentsError",
     "MEGDataError",
     "MEGDatasetConfig",
     "MEGProcessor",

@@ -24,6 +24,24 @@ logger = logging.getLogger(__name__)
 _SUBJECT_TEXT_FIELDS = ("first_name", "middle_name", "last_name", "his_id")
 _DEVICE_TEXT_FIELDS = ("serial", "site", "type", "model")
 _MIN_IDENTIFIER_LENGTH = 3  # shorter strings (initials, "M") match random bytes too easily
+#: spellings of a date that file names, BIDS entities (``ses-20021203``) and free text use
+DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y")
+
+
+def date_strings(date: dt.date) -> list[str]:
+    """Spell a date every way :data:`DATE_FORMATS` lists.
+
+    Parameters
+    ----------
+    date : datetime.date
+        A birthday or measurement date.
+
+    Returns
+    -------
+    spellings : list of str
+        ``YYYY-MM-DD``, ``YYYYMMDD``, ``DD.MM.YYYY``, ``DD/MM/YYYY`` and ``MM/DD/YYYY``.
+    """
+    return [date.strftime(fmt) for fmt in DATE_FORMATS]
 
 
 def identifier_strings(info: mne.Info, *, include_meas_date: bool = True) -> list[str]:
@@ -34,13 +52,14 @@ def identifier_strings(info: mne.Info, *, include_meas_date: bool = True) -> lis
     info : mne.Info
         Info read from the original file (before anonymization).
     include_meas_date : bool
-        Also list the measurement date (``YYYY-MM-DD``).
+        Also list the measurement date.
 
     Returns
     -------
     identifiers : list of str
-        Names, hospital ID (``his_id``), birthday (``YYYY-MM-DD``), experimenter, device serial
-        and site, project name; each at least three characters long, without duplicates.
+        Names, hospital ID (``his_id``), birthday, experimenter, device serial and site, project
+        name; each at least three characters long, without duplicates. Dates are listed in every
+        spelling of :func:`date_strings`.
     """
     found: list[str] = []
     subject_info = info.get("subject_info") or {}
@@ -50,7 +69,7 @@ def identifier_strings(info: mne.Info, *, include_meas_date: bool = True) -> lis
             found.append(str(value))
     birthday = subject_info.get("birthday")
     if isinstance(birthday, dt.date):
-        found.append(birthday.isoformat())
+        found.extend(date_strings(birthday))
     for key in ("experimenter", "proj_name"):
         if info.get(key):
             found.append(str(info[key]))
@@ -59,7 +78,7 @@ def identifier_strings(info: mne.Info, *, include_meas_date: bool = True) -> lis
         if device_info.get(key):
             found.append(str(device_info[key]))
     if include_meas_date and info.get("meas_date") is not None:
-        found.append(info["meas_date"].date().isoformat())
+        found.extend(date_strings(info["meas_date"].date()))
     # "mne_anonymize" and friends are what anonymized files already hold, not identifiers
     found = [s.strip() for s in found if "anonymi" not in s.lower()]
     return sorted({s for s in found if len(s) >= _MIN_IDENTIFIER_LENGTH})
@@ -158,4 +177,11 @@ def recording_hash(key: str, secret: bytes, *, length: int = 16) -> str:
     return hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()[:length]
 
 
-__all__ = ["anonymize", "check_no_identifiers", "identifier_strings", "recording_hash"]
+__all__ = [
+    "DATE_FORMATS",
+    "anonymize",
+    "check_no_identifiers",
+    "date_strings",
+    "identifier_strings",
+    "recording_hash",
+]

@@ -50,7 +50,7 @@ from .anonymize import recording_hash
 from .dataset_builder import MEGDatasetConfig, MEGWindowsBuilder
 from .manifest import RecordingSpec, check_labels, manifest_from_bids, read_manifest
 from .processor import MEGProcessor
-from .recording_job import is_complete, process_recording_to_shard
+from .recording_job import is_complete, process_recording_to_shard, processor_settings
 from .shards import (
     atomic_write_text,
     remove_stale_temporaries,
@@ -119,12 +119,9 @@ def _load_secret(work_dir: Path, secret: str | bytes | None) -> bytes:
 
 
 def _settings(processor: MEGProcessor, event_id, rest_states) -> dict[str, Any]:
-    config = processor.to_dict()
-    for volatile in ("feature_extractor_type", "processor_class", "transformers_version"):
-        config.pop(volatile, None)
     return {
         "format_version": FORMAT_VERSION,
-        "processor": config,
+        "processor": processor_settings(processor.to_dict()),
         "event_id": event_id,
         "rest_states": list(rest_states),
     }
@@ -286,6 +283,7 @@ def build_dataset(
     if not done:
         reasons = "; ".join(f"row {f['manifest_row'] + 1}: {f['problem']}" for f in failures)
         raise RuntimeError(f"{output_dir}: no recording produced windows ({reasons})")
+    _warn_mixed_frames(done, all_status)
     keep = {Path(job["shard"]).name for job in done}
     for shard in shard_dir.glob("*.parquet"):
         if shard.name not in keep:
@@ -331,6 +329,8 @@ def build_dataset(
                     "n_candidates",
                     "rejected",
                     "dropped_at_edges",
+                    "dropped_by_annotation",
+                    "line_freq",
                     "n_sensors",
                     "n_bad_sensors",
                     "coordinate_frame",
@@ -351,6 +351,30 @@ def build_dataset(
         output_dir,
     )
     return result
+
+
+def _warn_mixed_frames(done: list[dict[str, Any]], all_status: list[dict[str, Any]]) -> None:
+    """Warn when the sensor positions of a build are not all in the same coordinate frame.
+
+    Recordings are named by manifest row and recording hash (as in the build report).
+
+    Head coordinates (from a device-to-head transform) and device coordinates differ by the
+    head's position in the helmet, so the model would see the same sensor at different places.
+    """
+    statuses = {s["recording"]: s for s in all_status if s["status"] == "done"}
+    by_frame: dict[str, list[str]] = {}
+    for job in done:
+        frame = statuses[job["hash"]].get("coordinate_frame")
+        # manifest row and recording hash, not the path: file names often hold identifiers
+        name = f"row {job['spec']['row'] + 1} (recording {job['hash']})"
+        by_frame.setdefault(str(frame), []).append(name)
+    if len(by_frame) > 1:
+        logger.warning(
+            "sensor positions mix coordinate frames (head: from a device-to-head transform; "
+            "meg: device coordinates, no transform or an identity one): %s; give the recordings "
+            "without one a transform (e.g. KIT marker coils) or build them separately",
+            "; ".join(f"{frame}: {', '.join(rows)}" for frame, rows in sorted(by_frame.items())),
+        )
 
 
 def _run_jobs(jobs: list[dict[str, Any]], *, num_proc: int) -> list[dict[str, Any]]:
@@ -433,6 +457,20 @@ def _assemble(
 def dataset_card(report: Mapping[str, Any], processor: MEGProcessor) -> str:
     """Return a dataset card (README.md) describing the windows and their preprocessing."""
     labels = ", ".join(report["label_names"]) or "none"
+    line_freqs = [r.get("line_freq") for r in report.get("recordings", [])]
+    notch = "off"
+    if processor.notch:
+        counts = {f: line_freqs.count(f) for f in sorted({f for f in line_freqs if f})}
+        used = (
+            ", ".join(f"{f:g} Hz in {n} of {len(line_freqs)} recordings" for f, n in counts.items())
+            or "none used"
+        )
+        source = (
+            f"{processor.line_freq:g} Hz as set"
+            if processor.line_freq
+            else "from each file, else detected from its spectrum"
+        )
+        notch = f"on, {source}: {used}"
     states = ", ".join(s or "(unspecified)" for s in report["states"])
     return f"""---
 configs:
@@ -474,7 +512,7 @@ variable first dimension. Pad per batch and use `sensor_mask`.
 ## Preprocessing
 
 Band {processor.l_freq}-{processor.h_freq} Hz, notch at the line frequency and harmonics
-({"on" if processor.notch else "off"}), resampled to {processor.sfreq:g} Hz, scaling mode
+({notch}), resampled to {processor.sfreq:g} Hz, scaling mode
 `{processor.scaling_mode}`. The full settings are in `preprocessor_config.json`; load them with
 `MEGProcessor.from_pretrained`.
 

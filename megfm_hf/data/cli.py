@@ -86,7 +86,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--line-freq",
         type=float,
         default=None,
-        help="notch frequency (Hz); default: from the file, else 50",
+        help="notch frequency (Hz); default: from the file, else 50 or 60 detected from the data",
     )
     parser.add_argument("--no-notch", action="store_true", help="do not apply the notch filter")
     parser.add_argument(

@@ -84,6 +84,12 @@ class EventNotFoundError(MEGDataError):
     reason = "event-not-found"
 
 
+class InconsistentSegmentsError(MEGDataError):
+    """The conditions of an evoked file differ in channels or time axis."""
+
+    reason = "inconsistent-segments"
+
+
 class NoWindowsError(MEGDataError):
     """Every window was rejected (for example by peak-to-peak thresholds)."""
 
@@ -124,6 +130,7 @@ class PrivacyError(RuntimeError):
 
 __all__ = [
     "EventNotFoundError",
+    "InconsistentSegmentsError",
     "MEGDataError",
     "ManifestError",
     "MissingLabelError",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,12 @@ import mne
 import numpy as np
 
 from ..modeling.configuration_megfm import SENSOR_TYPES
-from .errors import NonFiniteDataError, SamplingRateError, UnreadableRecordingError
+from .errors import (
+    InconsistentSegmentsError,
+    NonFiniteDataError,
+    SamplingRateError,
+    UnreadableRecordingError,
+)
 from .sensors import SensorArray, pick_meg_sensors, sensor_array
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,9 @@ class PreprocessedData:
         recording), the epoch's or evoked response's ``tmin`` otherwise (time from the event).
     scalings : dict
         Factor applied per sensor type name.
+    line_freq : float | None
+        Power-line frequency in Hz the notch filter was applied at (with its harmonics);
+        ``None`` when no notch was applied.
     """
 
     data: np.ndarray
@@ -75,6 +83,7 @@ class PreprocessedData:
     sfreq: float
     first_time: float
     scalings: dict[str, float]
+    line_freq: float | None = None
 
 
 def check_band(
@@ -196,6 +205,99 @@ def scale_factors(
     return factors
 
 
+#: power-line frequencies in use around the world, in Hz
+LINE_FREQS: tuple[float, float] = (50.0, 60.0)
+#: a line frequency is detected when its spectral peak is this many times the power of the
+#: neighbouring frequencies (about 6 dB) and this many times the other line frequency's peak
+LINE_PEAK_MIN_PROMINENCE = 4.0
+LINE_PEAK_MIN_CONTRAST = 2.0
+#: seconds of data the line frequency is detected from (enough for a stable spectrum)
+LINE_DETECTION_SECONDS = 60.0
+
+
+def line_noise_prominence(
+    data: np.ndarray, sfreq: float, freqs: tuple[float, ...] = LINE_FREQS
+) -> dict[float, float]:
+    """Measure how far the spectrum peaks at candidate power-line frequencies.
+
+    Parameters
+    ----------
+    data : np.ndarray, shape (n_sensors, n_times)
+        Good MEG sensors, in any unit.
+    sfreq : float
+        Sampling rate in Hz.
+    freqs : tuple of float
+        Candidate line frequencies in Hz.
+
+    Returns
+    -------
+    prominence : dict
+        Per candidate frequency, the median over sensors of the Welch power spectral density at
+        its peak (within 1 Hz) divided by the median density 3-8 Hz away on both sides; ``nan``
+        when the frequency lies too close to the Nyquist frequency or the data is too short.
+    """
+    from scipy.signal import welch
+
+    n_per_segment = min(data.shape[-1], int(round(2.0 * sfreq)))  # 0.5 Hz resolution
+    prominence = {float(f): float("nan") for f in freqs}
+    if n_per_segment < int(round(0.5 * sfreq)) or len(data) == 0:
+        return prominence
+    psd_freqs, psd = welch(data, fs=sfreq, nperseg=n_per_segment, axis=-1)
+    for f in freqs:
+        distance = np.abs(psd_freqs - f)
+        peak_bins = distance <= 1.0
+        neighbour_bins = (distance >= 3.0) & (distance <= 8.0)
+        if f + 8.0 >= sfreq / 2.0 or not peak_bins.any():
+            continue
+        peak = psd[:, peak_bins].max(axis=1)
+        floor = np.median(psd[:, neighbour_bins], axis=1)
+        valid = floor > 0
+        if valid.any():
+            prominence[float(f)] = float(np.median(peak[valid] / floor[valid]))
+    return prominence
+
+
+def detect_line_freq(
+    data: np.ndarray, sfreq: float, *, path: str | Path | None = None
+) -> float | None:
+    """Tell 50 Hz from 60 Hz power-line noise in the spectrum of MEG sensors.
+
+    Parameters
+    ----------
+    data : np.ndarray, shape (n_sensors, n_times)
+        Good MEG sensors; at most the first :data:`LINE_DETECTION_SECONDS` are used.
+    sfreq : float
+        Sampling rate in Hz.
+    path : str | Path | None
+        The recording, named in the log.
+
+    Returns
+    -------
+    line_freq : float | None
+        The frequency whose peak is at least :data:`LINE_PEAK_MIN_PROMINENCE` times its
+        neighbourhood and :data:`LINE_PEAK_MIN_CONTRAST` times the other's; ``None`` when the
+        spectrum shows neither clearly.
+    """
+    where = "<in-memory recording>" if path is None else str(path)
+    prominence = line_noise_prominence(data[:, : int(LINE_DETECTION_SECONDS * sfreq)], sfreq)
+    measured = ", ".join(f"{f:g} Hz: {p:.1f}" for f, p in prominence.items())
+    finite = {f: p for f, p in prominence.items() if np.isfinite(p)}
+    if finite:
+        best = max(finite, key=finite.get)
+        others = [p for f, p in finite.items() if f != best]
+        contrast = finite[best] / max([1.0, *others])
+        if finite[best] >= LINE_PEAK_MIN_PROMINENCE and contrast >= LINE_PEAK_MIN_CONTRAST:
+            logger.info(
+                "%s: info['line_freq'] is not set; notch at %g Hz, detected from the spectrum "
+                "(peak over neighbouring frequencies: %s)",
+                where,
+                best,
+                measured,
+            )
+            return best
+    return None
+
+
 def _notch_freqs(line_freq: float | None, h_freq: float | None, sfreq: float) -> np.ndarray:
     if not line_freq:
         return np.array([])
@@ -211,7 +313,7 @@ def preprocess_raw(
     sfreq: float,
     l_freq: float | None,
     h_freq: float | None,
-    line_freq: float | None,
+    line_freq: float | str | None,
     scalings: Mapping[str, float],
     scaling_mode: str = "physical",
     detect_bads: bool = True,
@@ -235,8 +337,10 @@ def preprocess_raw(
         Target sampling rate in Hz.
     l_freq, h_freq : float | None
         Band edges in Hz (``None``: no high-pass / no low-pass).
-    line_freq : float | None
-        Power-line frequency in Hz (``None``: no notch).
+    line_freq : float | str | None
+        Power-line frequency in Hz (``None``: no notch); ``"auto"`` detects 50 or 60 Hz from
+        the spectrum of the good sensors (:func:`detect_line_freq`) and falls back to 50 Hz
+        with a warning when neither shows clearly.
     scalings : Mapping
         Factor per sensor type name (see :data:`DEFAULT_SCALINGS`).
     scaling_mode : str
@@ -253,6 +357,7 @@ def preprocess_raw(
     Returns
     -------
     preprocessed : PreprocessedData
+        ``line_freq`` is the notch frequency used.
     """
     check_band(raw.info["sfreq"], l_freq, h_freq, path)
     picks = pick_meg_sensors(raw.info, path)
@@ -280,6 +385,12 @@ def preprocess_raw(
             mask &= ~detected
             data[~mask] = 0.0
 
+    if line_freq == "auto":
+        recorded = data[mask, : int(LINE_DETECTION_SECONDS * raw.info["sfreq"])]
+        notch_sfreq = min(raw.info["sfreq"], sfreq)  # the notch runs after downsampling
+        line_freq = _auto_line_freq(recorded, raw.info["sfreq"], notch_sfreq, h_freq, path)
+    elif isinstance(line_freq, str):
+        raise ValueError(f"line_freq={line_freq!r}; expected a frequency in Hz, 'auto' or None")
     if l_freq is not None:
         # the high-pass removes the offset anyway; removing it first keeps the large DC offsets
         # of CTF and KIT sensors from ringing at the recording's edges
@@ -294,7 +405,9 @@ def preprocess_raw(
         # short recordings are shorter than the high-pass filter; MNE warns, the edges distort
         warnings.filterwarnings("ignore", message=".*longer than the signal.*")
         freqs = _notch_freqs(line_freq, h_freq, raw.info["sfreq"])
-        if len(freqs):
+        if not len(freqs):
+            line_freq = None
+        else:
             raw.notch_filter(freqs, picks="all", verbose="error")
         if l_freq is not None or h_freq is not None:
             raw.filter(l_freq, h_freq, picks="all", verbose="error")
@@ -312,11 +425,40 @@ def preprocess_raw(
         sfreq=float(raw.info["sfreq"]),
         first_time=0.0,
         scalings={name: float(scalings[name]) for name in SENSOR_TYPES},
+        line_freq=None if line_freq is None else float(line_freq),
     )
 
 
+def _auto_line_freq(
+    data: np.ndarray,
+    sfreq: float,
+    notch_sfreq: float,
+    h_freq: float | None,
+    path: str | Path | None,
+) -> float | None:
+    """The line frequency of a recording without ``info["line_freq"]``: detected, else 50 Hz."""
+    if not any(len(_notch_freqs(f, h_freq, notch_sfreq)) for f in LINE_FREQS):
+        return None  # no line frequency lies in the band: there is nothing to notch
+    detected = detect_line_freq(data, sfreq, path=path)
+    if detected is not None:
+        return detected
+    where = "<in-memory recording>" if path is None else str(path)
+    logger.warning(
+        "%s: info['line_freq'] is not set and the spectrum shows no clear 50 or 60 Hz peak; "
+        "notch at 50 Hz. Set the power-line frequency with MEGProcessor(line_freq=...) "
+        "(--line-freq on the command line) or in the recording's info['line_freq']",
+        where,
+    )
+    return 50.0
+
+
+def condition_name(evoked: mne.Evoked, index: int) -> str:
+    """Name of an evoked response: its comment, else ``"condition <index>"``."""
+    return str(evoked.comment or f"condition {index}")
+
+
 def preprocess_segments(
-    inst: mne.BaseEpochs | mne.Evoked,
+    inst: mne.BaseEpochs | mne.Evoked | Sequence[mne.Evoked],
     *,
     sfreq: float,
     h_freq: float | None,
@@ -324,57 +466,117 @@ def preprocess_segments(
     scaling_mode: str = "physical",
     path: str | Path | None = None,
 ) -> PreprocessedData:
-    """Preprocess epochs or an evoked response: pick MEG sensors, low-pass, resample, scale.
+    """Preprocess epochs or evoked responses: pick MEG sensors, low-pass, resample, scale.
 
     High-pass and notch filters are not applied: on segments of a few hundred milliseconds they
     distort more than they remove. Filter the continuous recording before epoching instead.
+    Scale factors are computed once over all segments (every epoch, or every condition of an
+    evoked file), so that relative amplitudes between them are kept in the robust mode too.
 
     Parameters
     ----------
-    inst : mne.BaseEpochs | mne.Evoked
-        Not modified.
+    inst : mne.BaseEpochs | mne.Evoked | sequence of mne.Evoked
+        Epochs, or one evoked response per condition; not modified.
     sfreq, h_freq, scalings, scaling_mode, path
         As in :func:`preprocess_raw`.
 
     Returns
     -------
     preprocessed : PreprocessedData
-        ``data`` has shape ``(n_epochs, n_sensors, n_times)`` for epochs and
-        ``(n_sensors, n_times)`` for an evoked response; ``first_time`` is ``tmin``.
+        ``data`` has shape ``(n_segments, n_sensors, n_times)``, one segment per epoch or
+        condition; ``first_time`` is ``tmin``; a sensor bad in any condition is masked in all.
+
+    Raises
+    ------
+    InconsistentSegmentsError
+        When evoked responses differ in MEG channels or time axis (naming the condition).
     """
-    check_band(inst.info["sfreq"], None, h_freq, path)
-    picks = pick_meg_sensors(inst.info, path)
-    inst = inst.copy()
     if isinstance(inst, mne.BaseEpochs):
-        inst.load_data()
-    inst.pick(picks)
-    sensors = sensor_array(inst.info, path)
-    mask = np.array([name not in inst.info["bads"] for name in inst.ch_names])
-    data = inst.get_data()
-    _check_finite(
-        np.moveaxis(data, -2, 0).reshape(len(mask), -1),
-        mask,
-        inst.ch_names,
-        inst.info["sfreq"],
-        path,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*longer than the signal.*")
-        if h_freq is not None:
-            inst.filter(None, h_freq, picks="all", verbose="error")
-        if not np.isclose(inst.info["sfreq"], sfreq):
-            inst.resample(sfreq, verbose="error")
-    data = inst.get_data()
-    factors = scale_factors(data, sensors.types, mask, scalings=scalings, mode=scaling_mode)
-    scaled = (data * factors[:, None]).astype(np.float32)
+        parts: list[mne.BaseEpochs | mne.Evoked] = [inst]
+        names = ["epochs"]
+    else:
+        parts = [inst] if isinstance(inst, mne.Evoked) else list(inst)
+        names = [condition_name(evoked, i) for i, evoked in enumerate(parts)]
+    for part in parts:
+        check_band(part.info["sfreq"], None, h_freq, path)
+    picked = []
+    for part in parts:
+        part = part.copy()
+        if isinstance(part, mne.BaseEpochs):
+            part.load_data()
+        picked.append(part.pick(pick_meg_sensors(part.info, path)))
+    _check_same_axes(picked, names, path)
+    sensors = sensor_array(picked[0].info, path)
+    mask = np.array([all(name not in p.info["bads"] for p in picked) for name in sensors.ch_names])
+    data = []
+    for part in picked:
+        raw_data = part.get_data()
+        _check_finite(
+            np.moveaxis(raw_data, -2, 0).reshape(len(mask), -1),
+            mask,
+            part.ch_names,
+            part.info["sfreq"],
+            path,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*longer than the signal.*")
+            if h_freq is not None:
+                part.filter(None, h_freq, picks="all", verbose="error")
+            if not np.isclose(part.info["sfreq"], sfreq):
+                part.resample(sfreq, verbose="error")
+        filtered = part.get_data()
+        data.append(filtered if filtered.ndim == 3 else filtered[None])
+    stacked = np.concatenate(data)
+    factors = scale_factors(stacked, sensors.types, mask, scalings=scalings, mode=scaling_mode)
+    scaled = (stacked * factors[:, None]).astype(np.float32)
     scaled[..., ~mask, :] = 0.0
     return PreprocessedData(
         data=scaled,
         sensors=sensors,
         mask=mask,
-        sfreq=float(inst.info["sfreq"]),
-        first_time=float(inst.times[0]),
+        sfreq=float(picked[0].info["sfreq"]),
+        first_time=float(picked[0].times[0]),
         scalings={name: float(scalings[name]) for name in SENSOR_TYPES},
+    )
+
+
+def _check_same_axes(
+    parts: Sequence[mne.BaseEpochs | mne.Evoked], names: Sequence[str], path: str | Path | None
+) -> None:
+    """Raise unless every segment has the first one's MEG channels and time axis."""
+    first, first_name = parts[0], names[0]
+    for part, name in zip(parts[1:], names[1:], strict=True):
+        if part.ch_names != first.ch_names:
+            missing = sorted(set(first.ch_names) - set(part.ch_names))
+            extra = sorted(set(part.ch_names) - set(first.ch_names))
+            detail = (
+                f"lacks {missing[:5]} and adds {extra[:5]}"
+                if missing or extra
+                else "has them in another order"
+            )
+            raise InconsistentSegmentsError(
+                path,
+                f"condition {name!r} has {len(part.ch_names)} MEG channels, condition "
+                f"{first_name!r} {len(first.ch_names)}: {name!r} {detail}; expected every "
+                "condition to hold the same MEG channels in the same order",
+            )
+        same_time = (
+            np.isclose(part.info["sfreq"], first.info["sfreq"])
+            and len(part.times) == len(first.times)
+            and np.isclose(part.times[0], first.times[0], atol=0.5 / first.info["sfreq"])
+        )
+        if not same_time:
+            raise InconsistentSegmentsError(
+                path,
+                f"condition {name!r} spans {_span(part)}, condition {first_name!r} "
+                f"{_span(first)}; expected every condition on the same time axis",
+            )
+
+
+def _span(inst: mne.BaseEpochs | mne.Evoked) -> str:
+    return (
+        f"{inst.times[0]:.3f}..{inst.times[-1]:.3f} s ({len(inst.times)} samples at "
+        f"{inst.info['sfreq']:g} Hz)"
     )
 
 
@@ -397,9 +599,13 @@ def _check_finite(
 __all__ = [
     "DEFAULT_FLAT_THRESHOLDS",
     "DEFAULT_SCALINGS",
+    "LINE_FREQS",
     "PreprocessedData",
     "check_band",
+    "condition_name",
     "detect_bad_sensors",
+    "detect_line_freq",
+    "line_noise_prominence",
     "preprocess_raw",
     "preprocess_segments",
     "scale_factors",

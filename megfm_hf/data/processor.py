@@ -25,6 +25,7 @@ from .errors import NoWindowsError, RecordingTooShortError
 from .preprocessing import (
     DEFAULT_SCALINGS,
     PreprocessedData,
+    condition_name,
     preprocess_raw,
     preprocess_segments,
 )
@@ -32,6 +33,8 @@ from .readers import read_recording
 from .sensors import SensorArray
 from .windowing import (
     WindowPlan,
+    bad_segments,
+    drop_windows_in_bad_segments,
     event_locked_windows,
     find_events,
     fixed_length_windows,
@@ -145,8 +148,9 @@ class MEGProcessor(FeatureExtractionMixin):
         the Nyquist frequency of the target rate. A recording whose own Nyquist frequency is at
         or below ``h_freq`` is refused (:class:`~megfm_hf.data.errors.SamplingRateError`).
     line_freq : float | None
-        Power-line frequency in Hz for the notch filter; ``None`` takes ``info["line_freq"]`` and
-        falls back to 50 Hz.
+        Power-line frequency in Hz for the notch filter; ``None`` takes ``info["line_freq"]``,
+        or, when the recording does not set it, 50 or 60 Hz as detected from the spectrum of its
+        MEG sensors (50 Hz, with a warning, when neither shows clearly).
     notch : bool
         Apply the notch filter (at ``line_freq`` and its harmonics up to the band).
     window_seconds : float
@@ -327,10 +331,14 @@ class MEGProcessor(FeatureExtractionMixin):
     ) -> PreprocessedData:
         """Preprocess a recording with this processor's parameters.
 
-        Evoked responses given as a list (one per condition) are stacked as segments.
+        Evoked responses given as a list (one per condition) are stacked as segments and scaled
+        together. The notch frequency of continuous data is ``self.line_freq`` when set, else
+        ``info["line_freq"]``, else detected from the data (see
+        :func:`~megfm_hf.data.preprocessing.detect_line_freq`); the value used is
+        ``PreprocessedData.line_freq``.
         """
         if isinstance(inst, mne.io.BaseRaw):
-            line_freq = self.line_freq or inst.info.get("line_freq") or 50.0
+            line_freq = self.line_freq or inst.info.get("line_freq") or "auto"
             return preprocess_raw(
                 inst,
                 sfreq=self.sfreq,
@@ -344,34 +352,14 @@ class MEGProcessor(FeatureExtractionMixin):
                 noisy_zscore=self.noisy_zscore,
                 path=path,
             )
-        segments = [inst] if isinstance(inst, mne.Evoked | mne.BaseEpochs) else list(inst)
-        parts = [
-            preprocess_segments(
-                seg,
-                sfreq=self.sfreq,
-                h_freq=self.h_freq,
-                scalings=self.scalings,
-                scaling_mode=self.scaling_mode,
-                path=path,
-            )
-            for seg in segments
-        ]
-        first = parts[0]
-        for part in parts[1:]:
-            if (
-                part.sensors.ch_names != first.sensors.ch_names
-                or part.first_time != first.first_time
-            ):
-                raise ValueError(f"{path}: evoked responses differ in channels or time axis")
-        data = (
-            np.stack([p.data for p in parts])
-            if first.data.ndim == 2
-            else np.concatenate([p.data for p in parts])
+        return preprocess_segments(
+            inst,
+            sfreq=self.sfreq,
+            h_freq=self.h_freq,
+            scalings=self.scalings,
+            scaling_mode=self.scaling_mode,
+            path=path,
         )
-        mask = np.logical_and.reduce([p.mask for p in parts])
-        data[..., ~mask, :] = 0.0
-        first.data, first.mask = data, mask
-        return first
 
     def plan_windows(
         self,
@@ -394,7 +382,8 @@ class MEGProcessor(FeatureExtractionMixin):
             Overrides ``self.event_id``.
         mode : str | None
             ``"fixed"`` or ``"events"`` for continuous data; ``None`` picks ``"events"`` when
-            event ids are set, ``"fixed"`` otherwise. Epochs and evoked responses always give
+            event ids are set, ``"fixed"`` otherwise. Windows of continuous data that overlap a
+            ``BAD*`` or ``EDGE*`` annotation are dropped. Epochs and evoked responses always give
             one window per segment, from ``tmin``.
         path : str | Path | None
             Named in errors.
@@ -412,22 +401,26 @@ class MEGProcessor(FeatureExtractionMixin):
         event_id = self.event_id if event_id is None else event_id
         mode = mode or ("events" if event_id else "fixed")
         if mode == "fixed":
-            return fixed_length_windows(
+            plan = fixed_length_windows(
                 preprocessed.data.shape[1], n, overlap=self.overlap, sfreq=sfreq, path=path
-            ), None
-        if mode != "events":
+            )
+        elif mode == "events":
+            times, names = find_events(inst, event_id, stim_channel=self.stim_channel, path=path)
+            # onsets relative to the recording start (window start), as for fixed-length windows
+            plan = event_locked_windows(
+                times,
+                names,
+                tmin=self.tmin,
+                n_samples=n,
+                sfreq=sfreq,
+                n_times=preprocessed.data.shape[1],
+                path=path,
+            )
+        else:
             raise ValueError(f"mode={mode!r}; expected 'fixed' or 'events'")
-        times, names = find_events(inst, event_id, stim_channel=self.stim_channel, path=path)
-        plan = event_locked_windows(
-            times,
-            names,
-            tmin=self.tmin,
-            n_samples=n,
-            sfreq=sfreq,
-            n_times=preprocessed.data.shape[1],
-            path=path,
+        plan = drop_windows_in_bad_segments(
+            plan, bad_segments(inst), n_samples=n, sfreq=sfreq, path=path
         )
-        # onsets relative to the recording start (window start), as for fixed-length windows
         return plan, None
 
     def _plan_segments(self, inst, preprocessed, path) -> tuple[WindowPlan, np.ndarray]:
@@ -448,7 +441,7 @@ class MEGProcessor(FeatureExtractionMixin):
             names = [code_to_name.get(int(c), str(int(c))) for c in inst.events[:, 2]]
         else:
             evokeds = [inst] if isinstance(inst, mne.Evoked) else list(inst)
-            names = [str(ev.comment or f"condition {i}") for i, ev in enumerate(evokeds)]
+            names = [condition_name(evoked, i) for i, evoked in enumerate(evokeds)]
         starts = np.full(n_segments, start, dtype=np.int64)
         onsets = np.full(n_segments, preprocessed.first_time + start / sfreq)
         return WindowPlan(starts=starts, onsets_s=onsets, events=names), np.arange(n_segments)

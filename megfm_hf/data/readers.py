@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import mne
+import numpy as np
 
 from .errors import RecordingNotFoundError, UnreadableRecordingError
 
@@ -223,7 +224,7 @@ def _read_ctf(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.E
     raw = mne.io.read_raw_ctf(path, preload=False, verbose="error", **kwargs)
     header = read_ctf_header(path)
     if header.n_averaged <= 0:
-        return raw
+        return mark_trial_boundaries(raw, header.trial_samples)
     if not 0 < header.trial_samples <= raw.n_times:
         raise UnreadableRecordingError(
             path,
@@ -240,6 +241,40 @@ def _read_ctf(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.E
         verbose="error",
     )
     return [evoked]
+
+
+def mark_trial_boundaries(raw: mne.io.BaseRaw, trial_samples: int) -> mne.io.BaseRaw:
+    """Annotate the boundaries between the trials of a multi-trial (discontinuous) recording.
+
+    A CTF dataset recorded in trials stores them one after the other; MNE reads them as one
+    continuous recording without marking where one trial ends. Each boundary gets the
+    ``"BAD boundary"`` and ``"EDGE boundary"`` annotations that :func:`mne.concatenate_raws`
+    puts between concatenated recordings, so filters treat the trials separately and no window
+    crosses from one trial into the next.
+
+    Parameters
+    ----------
+    raw : mne.io.BaseRaw
+        The recording; its annotations are extended in place.
+    trial_samples : int
+        Samples per trial; nothing is marked when the recording is a single trial.
+
+    Returns
+    -------
+    raw : mne.io.BaseRaw
+        The same object.
+    """
+    if not 0 < trial_samples < raw.n_times:
+        return raw
+    sfreq = raw.info["sfreq"]
+    edges = np.arange(trial_samples, raw.n_times, trial_samples)
+    # as in mne.concatenate_raws: annotation onsets count from first_samp = 0
+    onsets = (edges + raw.first_samp) / sfreq
+    for onset in onsets:
+        raw.annotations.append(onset, 0.0, "BAD boundary")
+        raw.annotations.append(onset, 0.0, "EDGE boundary")
+    logger.info("marked %d boundaries between trials of %d samples", len(edges), trial_samples)
+    return raw
 
 
 def _kit_side_files(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -312,4 +347,10 @@ def read_bids_recording(
         ) from err
 
 
-__all__ = ["Recording", "detect_format", "read_bids_recording", "read_recording"]
+__all__ = [
+    "Recording",
+    "detect_format",
+    "mark_trial_boundaries",
+    "read_bids_recording",
+    "read_recording",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,6 +104,8 @@ def process_recording_to_shard(job: Mapping[str, Any]) -> dict[str, Any]:
             "n_candidates": processed.n_candidates,
             "rejected": processed.plan.rejected,
             "dropped_at_edges": processed.plan.n_dropped_at_edges,
+            "dropped_by_annotation": processed.plan.n_dropped_by_annotation,
+            "line_freq": processed.preprocessed.line_freq,
             "n_sensors": sensors.n_sensors,
             "n_bad_sensors": int((~processed.sensor_mask).sum()),
             "coordinate_frame": sensors.coordinate_frame,
@@ -121,12 +124,65 @@ def process_recording_to_shard(job: Mapping[str, Any]) -> dict[str, Any]:
             "message": str(err),
         }
     record = {k: v for k, v in status.items() if k != "message"}
-    record.update(recording=job["hash"], manifest_row=spec.row)
+    record.update(recording=job["hash"], manifest_row=spec.row, job=job_fingerprint(job))
     atomic_write_text(job["status"], json.dumps(record, indent=1))
     return {**record, **({"message": status["message"]} if "message" in status else {})}
 
 
+#: processor config entries that name software versions, not settings
+_VOLATILE_PROCESSOR_KEYS = ("feature_extractor_type", "processor_class", "transformers_version")
+
+
+def processor_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a processor config (``MEGProcessor.to_dict()``) without its version entries."""
+    return {k: v for k, v in config.items() if k not in _VOLATILE_PROCESSOR_KEYS}
+
+
+def job_fingerprint(job: Mapping[str, Any]) -> str:
+    """Digest of everything a recording's shard depends on.
+
+    The shard's rows are made from the recording's manifest entry (path, subject, session,
+    state, label; not its row number), the processor settings, the events and rest states, and
+    the reader's keyword arguments. A shard is reused only when all of these are unchanged.
+
+    Parameters
+    ----------
+    job : Mapping
+        A job as :func:`process_recording_to_shard` takes it.
+
+    Returns
+    -------
+    fingerprint : str
+        SHA-256 hex digest.
+    """
+    spec = {k: v for k, v in dict(job["spec"]).items() if k != "row"}
+    inputs = {
+        "spec": spec,
+        "processor": processor_settings(job["processor"]),
+        "event_id": job.get("event_id"),
+        "rest_states": list(job["rest_states"]),
+        "reader_kwargs": dict(job.get("reader_kwargs") or {}),
+    }
+    # default=repr: reader arguments may hold values JSON cannot write (paths, tuples)
+    text = json.dumps(inputs, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def is_complete(job: Mapping[str, Any]) -> bool:
+    """Return True when a recording's shard and status are finished and still valid.
+
+    Parameters
+    ----------
+    job : Mapping
+        A job as :func:`process_recording_to_shard` takes it.
+
+    Returns
+    -------
+    complete : bool
+        The status says done, was written for a job with the same :func:`job_fingerprint`
+        (a changed label or reader argument makes the shard stale), and the shard holds the
+        recorded number of rows.
+    """
     status_path = Path(job["status"])
     if not status_path.is_file():
         return False
@@ -134,9 +190,11 @@ def is_complete(job: Mapping[str, Any]) -> bool:
         status = json.loads(status_path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return status.get("status") == "done" and parquet_num_rows(job["shard"]) == status.get(
-        "n_windows"
+    return (
+        status.get("status") == "done"
+        and status.get("job") == job_fingerprint(job)
+        and parquet_num_rows(job["shard"]) == status.get("n_windows")
     )
 
 
-__all__ = ["is_complete", "process_recording_to_shard"]
+__all__ = ["is_complete", "job_fingerprint", "process_recording_to_shard", "processor_settings"]

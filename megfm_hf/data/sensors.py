@@ -10,7 +10,9 @@ unit orientation. For magnetometers, axial gradiometers and OPMs the orientation
 (``loc[9:12]``). For planar gradiometers it is the direction along which the gradient is measured
 (``loc[3:6]``), so the two gradiometers sharing a site (same position, same normal) get different
 orientations. Coordinates are head coordinates when the recording has a device-to-head transform
-(``info["dev_head_t"]``), device coordinates otherwise.
+(``info["dev_head_t"]``), device coordinates otherwise. An identity transform counts as none: MNE
+sets it when the head position is unknown (KIT/Ricoh files read without marker coils, for
+example), so those positions are device coordinates.
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ def sensor_array(info: mne.Info, path: str | Path | None = None) -> SensorArray:
     -------
     sensors : SensorArray
         Types, positions (metres) and unit orientations; head coordinates when
-        ``info["dev_head_t"]`` is set, device coordinates otherwise.
+        ``info["dev_head_t"]`` is set and not the identity, device coordinates (``"meg"``)
+        otherwise.
     """
     types = np.array([sensor_type_code(ch, path) for ch in info["chs"]], dtype=np.int64)
     loc = np.array([ch["loc"][:12] for ch in info["chs"]], dtype=np.float64)
@@ -196,8 +199,8 @@ def sensor_array(info: mne.Info, path: str | Path | None = None) -> SensorArray:
 
     dev_head_t = info["dev_head_t"]
     frame = "meg"
-    if dev_head_t is not None:
-        trans = np.asarray(dev_head_t["trans"], dtype=np.float64)
+    trans = None if dev_head_t is None else np.asarray(dev_head_t["trans"], dtype=np.float64)
+    if trans is not None and not np.allclose(trans, np.eye(4)):
         position = position @ trans[:3, :3].T + trans[:3, 3]
         orientation = orientation @ trans[:3, :3].T
         frame = "head"

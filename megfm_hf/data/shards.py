@@ -146,15 +146,35 @@ class AtomicParquetWriter:
 
 
 def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> None:
-    """Write a text file atomically (temporary file, fsync, rename)."""
+    """Write a text file atomically (temporary file, fsync, rename).
+
+    Parameters
+    ----------
+    path : str | Path
+        The file to write.
+    text : str
+        Its content (UTF-8).
+    mode : int | None
+        Permission bits of the file (``0o600`` for secrets). The temporary file is created with
+        them, so the content is never readable by others, not even before the rename. ``None``
+        uses the default permissions (``0o666`` less the umask).
+    """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if mode is not None:
-        os.chmod(tmp, mode)
+    # a leftover temporary would keep its old permissions: start from a fresh file
+    tmp.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)  # exactly mode, whatever the umask
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -16,9 +16,15 @@ import mne
 import numpy as np
 
 from ..modeling.configuration_megfm import SENSOR_TYPES
-from .errors import EventNotFoundError, RecordingTooShortError
+from .errors import EventNotFoundError, NoWindowsError, RecordingTooShortError
 
 logger = logging.getLogger(__name__)
+
+#: annotation descriptions starting with these (case-insensitive) mark data that is never
+#: windowed: MNE's ``reject_by_annotation`` drops epochs overlapping ``BAD*`` annotations (such as
+#: ``BAD_movement`` or the ``BAD boundary`` between concatenated recordings), and its filters treat
+#: ``EDGE*`` annotations as discontinuities
+BAD_ANNOTATION_PREFIXES = ("bad", "edge")
 
 
 @dataclass
@@ -36,6 +42,10 @@ class WindowPlan:
         Event name of each window (``""`` for fixed-length windows).
     n_dropped_at_edges : int
         Event-locked windows that did not fit inside the recording.
+    rejected : dict
+        Windows rejected by peak-to-peak amplitude, per sensor type name.
+    n_dropped_by_annotation : int
+        Windows dropped because they overlap a ``BAD*`` or ``EDGE*`` annotation.
     """
 
     starts: np.ndarray
@@ -43,6 +53,7 @@ class WindowPlan:
     events: list[str]
     n_dropped_at_edges: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    n_dropped_by_annotation: int = 0
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -55,6 +66,7 @@ class WindowPlan:
             events=[e for e, k in zip(self.events, keep, strict=True) if k],
             n_dropped_at_edges=self.n_dropped_at_edges,
             rejected=dict(self.rejected),
+            n_dropped_by_annotation=self.n_dropped_by_annotation,
         )
 
 
@@ -138,8 +150,8 @@ def find_events(
         The original recording (stim channels still present).
     event_id : Mapping | Sequence | None
         ``{name: code}`` for stim-channel events or annotations, or a list of annotation
-        descriptions. ``None`` takes every annotation description, or every stim code (named by
-        its number).
+        descriptions. ``None`` takes every annotation description except ``BAD*`` and
+        ``EDGE*`` ones (bad segments and boundaries), or every stim code (named by its number).
     stim_channel : str | Sequence | None
         Stim channel(s); MNE's default when ``None``.
     path : str | Path | None
@@ -159,17 +171,15 @@ def find_events(
     """
     wanted = _normalise_event_id(event_id)
     descriptions = list(raw.annotations.description)
-    use_annotations = bool(descriptions) and (
-        wanted is None or any(name in wanted for name in descriptions)
-    )
-    if use_annotations:
-        names = [d for d in descriptions if wanted is None or d in wanted]
-        onsets = np.array(
-            [o for o, d in zip(raw.annotations.onset, descriptions, strict=True) if d in names]
-        )
-        # annotation onsets count from first_samp when the recording has a measurement date
-        times = onsets - (raw.first_time if raw.annotations.orig_time is not None else 0.0)
-        found = names
+    onsets = annotation_onsets(raw)
+    if wanted is None:
+        # bad segments and boundaries are not events, however many there are
+        candidates = [i for i, d in enumerate(descriptions) if not is_bad_annotation(d)]
+    else:
+        candidates = [i for i, d in enumerate(descriptions) if d in wanted]
+    if candidates:
+        times = onsets[candidates]
+        found = [descriptions[i] for i in candidates]
     else:
         times, found = _stim_events(raw, wanted, stim_channel, path)
     if len(times) == 0:
@@ -182,6 +192,112 @@ def find_events(
         )
     order = np.argsort(times, kind="stable")
     return np.asarray(times, dtype=np.float64)[order], [found[i] for i in order]
+
+
+def annotation_onsets(raw: mne.io.BaseRaw) -> np.ndarray:
+    """Return the onsets of ``raw.annotations`` in seconds from the first sample of the data.
+
+    MNE stores annotation onsets counting from ``first_samp = 0`` of the acquisition, whether or
+    not the annotations have an ``orig_time`` (see ``mne.annotations._sync_onset``), so
+    ``raw.first_time`` is subtracted in both cases.
+
+    Parameters
+    ----------
+    raw : mne.io.BaseRaw
+        The recording.
+
+    Returns
+    -------
+    onsets : np.ndarray of float, shape (n_annotations,)
+    """
+    return np.asarray(raw.annotations.onset, dtype=np.float64) - raw.first_time
+
+
+def is_bad_annotation(description: str) -> bool:
+    """Return True when an annotation marks data not to window (see
+    :data:`BAD_ANNOTATION_PREFIXES`)."""
+    return description.lower().startswith(BAD_ANNOTATION_PREFIXES)
+
+
+def bad_segments(raw: mne.io.BaseRaw) -> np.ndarray:
+    """Return the spans of the ``BAD*`` and ``EDGE*`` annotations of a recording.
+
+    Parameters
+    ----------
+    raw : mne.io.BaseRaw
+        The recording.
+
+    Returns
+    -------
+    segments : np.ndarray of float, shape (n_segments, 2)
+        Start and end of each span in seconds from the first sample of the data; a boundary
+        between discontinuous pieces of data is a span of zero duration.
+    """
+    bad = np.array([is_bad_annotation(d) for d in raw.annotations.description], dtype=bool)
+    onsets = annotation_onsets(raw)[bad]
+    durations = np.asarray(raw.annotations.duration, dtype=np.float64)[bad]
+    return np.stack([onsets, onsets + durations], axis=1)
+
+
+def drop_windows_in_bad_segments(
+    plan: WindowPlan,
+    segments: np.ndarray,
+    *,
+    n_samples: int,
+    sfreq: float,
+    path: str | Path | None = None,
+) -> WindowPlan:
+    """Drop the windows that overlap a bad segment, as MNE's ``reject_by_annotation`` does.
+
+    A window from ``t0`` to ``t1 = t0 + n_samples / sfreq`` overlaps a segment from ``a`` to
+    ``b`` when ``a < t1`` and ``b > t0``: a window may start or end on a boundary, but not cross
+    it.
+
+    Parameters
+    ----------
+    plan : WindowPlan
+        Windows of continuous data (``starts`` in samples at ``sfreq`` from the first sample).
+    segments : np.ndarray, shape (n_segments, 2)
+        Bad spans in seconds (see :func:`bad_segments`).
+    n_samples : int
+        Samples per window.
+    sfreq : float
+        Sampling rate of ``plan.starts`` in Hz.
+    path : str | Path | None
+        The recording, named in errors.
+
+    Returns
+    -------
+    plan : WindowPlan
+        The windows left, with ``n_dropped_by_annotation`` set.
+
+    Raises
+    ------
+    NoWindowsError
+        When every window overlaps a bad segment.
+    """
+    if len(segments) == 0 or len(plan) == 0:
+        return plan
+    begin = plan.starts[:, None] / sfreq
+    end = (plan.starts[:, None] + n_samples) / sfreq
+    overlaps = (segments[None, :, 0] < end) & (segments[None, :, 1] > begin)
+    keep = ~overlaps.any(axis=1)
+    n_dropped = int((~keep).sum())
+    if not n_dropped:
+        return plan
+    if not keep.any():
+        raise NoWindowsError(
+            path,
+            f"all {len(plan)} windows ({n_samples / sfreq:.3f} s each) overlap BAD or EDGE "
+            f"annotations ({len(segments)} bad segments or boundaries); expected some data "
+            "outside them",
+        )
+    logger.info(
+        "dropped %d of %d windows overlapping BAD or EDGE annotations", n_dropped, len(plan)
+    )
+    kept = plan.select(keep)
+    kept.n_dropped_by_annotation = plan.n_dropped_by_annotation + n_dropped
+    return kept
 
 
 def _normalise_event_id(
@@ -326,10 +442,15 @@ def peak_to_peak_rejection(
 
 
 __all__ = [
+    "BAD_ANNOTATION_PREFIXES",
     "WindowPlan",
+    "annotation_onsets",
+    "bad_segments",
+    "drop_windows_in_bad_segments",
     "event_locked_windows",
     "find_events",
     "fixed_length_windows",
+    "is_bad_annotation",
     "peak_to_peak_rejection",
     "window_samples",
 ]
