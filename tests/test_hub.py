@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import hashlib
 import json
 import re
@@ -32,12 +33,15 @@ from megfm_hf.hub import (
     build_model_card,
     eval_results_from_metrics,
     find_identifiers,
+    model_upload_files,
     push_model,
+    sanitize_metrics,
     summarize_dataset,
     write_model_card,
 )
 from megfm_hf.hub import card_cli as card_cli_module
 from megfm_hf.hub import cli as push_cli_module
+from megfm_hf.hub.privacy import safetensors_header, subject_code_forms
 
 METRICS = {
     "reconstruction": {
@@ -419,8 +423,9 @@ def test_card_renders_and_metadata_round_trips(model_dir, dataset_dir, saved_mod
     assert metadata["license"] == "bsd-3-clause"
     assert metadata["datasets"] == ["megfm/toy"]
     assert metadata["model-index"][0]["name"] == "tiny"
+    # the metrics do not say they were computed on megfm/toy: not listed under it
     expected = eval_results_from_metrics(
-        METRICS, dataset_type="megfm/toy", dataset_name="toy cohort"
+        METRICS, dataset_type="local", dataset_name="MEG evaluation data"
     )
     loaded = ModelCard.load(path).data
     assert loaded.eval_results == expected
@@ -537,6 +542,208 @@ def test_card_cli_writes_the_card(model_dir, tmp_path, capsys):
     assert "none.json" in capsys.readouterr().err
 
 
+def _reconstruction_evoked_only() -> dict:
+    """Reconstruction metrics of held-out data without rest windows, as the evaluation writes."""
+    return {
+        "baselines": {},
+        "evoked": {"auditory/left": {"magnetometer": {"nmse": 0.23, "pearson_r": 0.88}}},
+        "evoked_baselines": {
+            "zeros": {"auditory/left": {"magnetometer": {"nmse": 1.0}}},
+            "interpolation": {"auditory/left": {"magnetometer": {"nmse": 0.37}}},
+            "ridge": {"auditory/left": {"magnetometer": {"nmse": 0.31}}},
+        },
+    }
+
+
+def test_card_renders_evoked_baselines(model_dir):
+    metrics = {
+        "reconstruction": _reconstruction_evoked_only(),
+        "skipped": {"reconstruction_continuous": "no rest (fixed-length) windows"},
+    }
+    text = str(build_model_card(model_dir, metrics=metrics))
+    header = "| data | condition | sensor type | NMSE | Pearson r | tokens | NMSE, zeros |"
+    assert header + " NMSE, interpolation | NMSE, ridge |" in text
+    assert (
+        "| evoked | auditory/left | magnetometer | 0.230 | 0.880 | n/a | 1.000 | 0.370 | 0.310 |"
+        in text
+    )
+    # the ridge baseline is described with the others
+    assert "`ridge`, a ridge regression from the visible sensors" in text
+    assert "`interpolation`, a Gaussian-kernel average" in text
+
+    # with rest windows too: continuous rows read "baselines", evoked rows "evoked_baselines"
+    metrics = copy.deepcopy(METRICS)
+    metrics["reconstruction"]["evoked_baselines"] = {
+        "zeros": {"auditory/left": {"magnetometer": {"nmse": 1.0}}},
+        "interpolation": {"auditory/left": {"magnetometer": {"nmse": 0.37}}},
+    }
+    text = str(build_model_card(model_dir, metrics=metrics))
+    assert "| continuous | all | magnetometer | 0.410 | 0.770 | 1234 | 1.000 | 0.800 |" in text
+    assert "| evoked | auditory/left | magnetometer | 0.230 | 0.880 | n/a | 1.000 | 0.370 |" in text
+    assert "`ridge`" not in text
+
+    metrics["skipped"] = {"ridge_baseline": "no training subjects with the held-out sensor array"}
+    text = str(build_model_card(model_dir, metrics=metrics))
+    assert "No `ridge` baseline: no training subjects with the held-out sensor array." in text
+
+
+def test_card_takes_the_classification_task_from_the_label_names(model_dir):
+    metrics = copy.deepcopy(METRICS)
+    metrics["classification"].update(label_names=["control", "migraine"], positive_label="migraine")
+    card = build_model_card(model_dir, metrics=metrics)
+    assert "patient" not in str(card).split("## Evaluation results")[1].lower()
+    assert "Task: `migraine` versus `control` subjects" in card.content
+    assert "take `migraine` as the positive class" in card.content
+    tasks = {r.task_name for r in card.data.eval_results if r.task_type == "meg-classification"}
+    assert tasks == {"migraine vs control classification from pretrained features"}
+
+    # older metrics without label names: no group is named
+    card = build_model_card(model_dir, metrics=METRICS)
+    tasks = {r.task_name for r in card.data.eval_results if r.task_type == "meg-classification"}
+    assert tasks == {"Two-class subject classification from pretrained features"}
+    assert "Task:" not in card.content
+
+
+def test_card_says_how_attention_regions_and_nulls_were_chosen(model_dir):
+    metrics = copy.deepcopy(METRICS)
+    strongest = "strongest evoked field at the peak patch (10 per type)"
+    metrics["attention"]["auditory/left"].update(
+        region_source=strongest, null="spin", p_value_holm=0.04
+    )
+    metrics["attention"]["visual/right"] = {
+        **METRICS["attention"]["auditory/left"],
+        "region_source": "given (--region)",
+        "null": "spin",
+        "p_value_holm": 0.02,
+    }
+    card = build_model_card(model_dir, metrics=metrics)
+    attention = card.content.split("### Attention over the sensor array")[1].split("###")[0]
+    assert "stimulus drives cortex" not in attention
+    assert "| p-value | p-value (Holm) | null | expected region |" in attention
+    assert (
+        f"| auditory/left | 0.620 | 0.310 | [0.200, 0.400] | 0.01 | 0.04 | spin | {strongest}, "
+        "read from the input windows, not from the model |"
+    ) in attention
+    assert "| 0.02 | spin | sensors given to the evaluation |" in attention
+    names = {r.metric_config: r.metric_name for r in card.data.eval_results}
+    assert (
+        names["auditory/left"]
+        == "attention alignment (auditory/left, p = 0.01, Holm-corrected p = 0.04)"
+    )
+
+    metrics["attention"]["auditory/left"]["region_source"] = "simulated ground truth (top_sensors)"
+    attention = str(build_model_card(model_dir, metrics=metrics)).split("### Attention")[1]
+    assert "the sensors where the simulated stimulus drives cortex |" in attention
+
+    # older metrics: no Holm or null column, the region's origin is not invented
+    attention = str(build_model_card(model_dir, metrics=METRICS)).split("### Attention")[1]
+    assert "Holm" not in attention and "| null |" not in attention
+    assert "| 0.01 | not recorded |" in attention
+
+
+def test_card_counts_the_training_subjects_of_the_split(model_dir, dataset_dir):
+    everyone = summarize_dataset(dataset_dir)
+    assert everyone["subjects_per_group"] == {"control": 1, "patient": 2}
+    assert everyone["n_windows"] == 9
+    trained = summarize_dataset(dataset_dir, subjects=["sub-JaneDoe", "sub-c01"])
+    assert trained["subjects_per_group"] == {"control": 1, "patient": 1}
+    assert trained["n_windows"] == 6 and trained["n_recordings"] == 1
+    # A card built from the dataset folder describes the training side of the model's split.
+    (model_dir / "split.json").write_text(
+        json.dumps({"train": ["sub-JaneDoe", "sub-c01"], "test": ["sub-RoeRichard"]})
+    )
+    card = build_model_card(model_dir, dataset_summary=dataset_dir)
+    assert "| subjects per group | control: 1, patient: 1 |" in str(card)
+    assert "| windows in total | 6 from 1 recording" in str(card)
+
+
+def test_model_index_names_the_evaluation_dataset_only_when_known(model_dir, dataset_dir):
+    def dataset_types(card: ModelCard) -> set[str]:
+        return {r.dataset_type for r in card.data.eval_results}
+
+    # trained on megfm/toy, evaluated on data the metrics do not identify
+    card = build_model_card(model_dir, dataset_summary=dataset_dir, dataset_repo_id="megfm/toy")
+    assert card.data.datasets == ["megfm/toy"]
+    assert dataset_types(card) == {"local"}
+    assert {r.dataset_name for r in card.data.eval_results} == {"MEG evaluation data"}
+
+    card = build_model_card(
+        model_dir, dataset_repo_id="megfm/toy", eval_dataset_repo_id="megfm/clinic-eval"
+    )
+    assert dataset_types(card) == {"megfm/clinic-eval"}
+
+    # the metrics were computed on the very folder published as megfm/toy
+    metrics = {**METRICS, "dataset": str(dataset_dir)}
+    card = build_model_card(
+        model_dir, metrics=metrics, dataset_summary=dataset_dir, dataset_repo_id="megfm/toy"
+    )
+    assert dataset_types(card) == {"megfm/toy"}
+    assert {r.dataset_name for r in card.data.eval_results} == {"MEG windows"}
+    with pytest.raises(ValueError, match="eval_dataset_repo_id='not a repo'"):
+        build_model_card(model_dir, eval_dataset_repo_id="not a repo")
+
+
+def test_card_says_which_subjects_were_evaluated(model_dir):
+    classification = METRICS["classification"]
+    held_out = {**classification, "n_subjects": 6, "folds": 3}
+    metrics = {
+        **METRICS,
+        "test_subjects": ["01", "02"],
+        "classification": {
+            **classification,
+            "subjects": "all labelled",
+            "n_pretraining_subjects": 10,
+        },
+        "classification_held_out": held_out,
+    }
+    (model_dir / "split.json").write_text(json.dumps({"train": ["03", "04"], "test": ["01", "02"]}))
+    card = build_model_card(model_dir, metrics=metrics)
+    text = card.content
+    assert "evaluated on 2 subjects, all held out of pretraining." in text
+    assert (
+        "All 16 labelled subjects were classified; 10 of them were in the pretraining data" in text
+    )
+    held_out_text = text.split("#### Subjects held out of pretraining")[1]
+    assert "restricted to the 6 subjects" in held_out_text and "(3 folds)" in held_out_text
+    assert "| pretrained features | logistic_regression | 0.810 [0.650, 0.950] |" in held_out_text
+    configs = {
+        r.dataset_config for r in card.data.eval_results if r.task_type == "meg-classification"
+    }
+    assert configs == {None, "held-out"}
+    # the metadata round trip keeps the restricted results apart
+    assert ModelCard(str(card)).data.eval_results == card.data.eval_results
+
+    del metrics["classification_held_out"]
+    text = str(build_model_card(model_dir, metrics=metrics))
+    assert "No result restricted to the subjects held out of pretraining was computed" in text
+
+    metrics["classification"] = {
+        **classification,
+        "subjects": "held-out",
+        "n_pretraining_subjects": 0,
+    }
+    metrics["test_subjects"] = ["01", "03"]
+    text = str(build_model_card(model_dir, metrics=metrics))
+    assert "The 16 classified subjects were all held out of pretraining." in text
+    assert "evaluated on 2 subjects; 1 of them were in the pretraining data" in text
+
+    # the evaluation's own record of the pretrained subjects comes first
+    metrics["test_subjects_in_pretraining"] = []
+    assert "evaluated on 2 subjects, all held out" in str(
+        build_model_card(model_dir, metrics=metrics)
+    )
+    metrics["test_subjects_in_pretraining"] = None
+    assert "held out of pretraining is not recorded" in str(
+        build_model_card(model_dir, metrics=metrics)
+    )
+
+    # older metrics: the card says what it does not know
+    (model_dir / "split.json").unlink()
+    text = str(build_model_card(model_dir, metrics={**METRICS, "test_subjects": ["01"]}))
+    assert "whether they were held out of pretraining is not recorded" in text
+    assert "Which subjects were classified, and whether they were held out" in text
+
+
 # --------------------------------------------------------------------------- pushes
 
 
@@ -577,7 +784,9 @@ def test_push_model_and_dataset_to_fake_hub(model_dir, dataset_dir, fake_hub):
     }
     assert set(model_commit["files"]) == set(expected_model)
     for name, local in expected_model.items():
-        assert model_commit["files"][name] == local.read_bytes(), name
+        if name != "metrics.json":  # a sanitised copy travels, equal here: nothing to remove
+            assert model_commit["files"][name] == local.read_bytes(), name
+    assert json.loads(model_commit["files"]["metrics.json"]) == METRICS
 
     expected_dataset = {
         "data/train-0123abcd.parquet": dataset_dir / "parquet" / "train-0123abcd.parquet",
@@ -632,6 +841,135 @@ def test_push_cli_to_fake_hub(model_dir, fake_hub, tmp_path, capsys):
     assert "reconstruction.png" in err and "forbidden string #1" in err
     assert "Jane Doe" not in err  # the error names the finding without repeating it
     assert len(fake_hub.requests) == n_requests
+
+
+SHARD = "model-00001-of-00002.safetensors"
+
+
+def _write_weight_index(model_dir: Path, shards: list[str]) -> None:
+    """Index the tensors of :data:`SHARD` as if spread over ``shards`` (a sharded folder)."""
+    keys = [key for key in safetensors_header(model_dir / SHARD) if key != "__metadata__"]
+    weight_map = {key: shards[i % len(shards)] for i, key in enumerate(keys)}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_gate_checks_every_weight_shard(model_dir):
+    (model_dir / "model.safetensors").rename(model_dir / SHARD)
+    _write_weight_index(model_dir, [SHARD])
+    files = model_upload_files(model_dir, require_card=False)
+    assert {"model.safetensors.index.json", SHARD} <= set(files)
+
+    # files of other formats listed as shards: a NumPy array holding a pickle, an HDF5 file
+    np.save(model_dir / "model-00002.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    (model_dir / "tf_model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    _write_weight_index(model_dir, [SHARD, "model-00002.npy", "tf_model.h5"])
+    for publish in (
+        lambda: model_upload_files(model_dir, require_card=False),
+        lambda: push_model(model_dir, "megfm/tiny", api=NoUpload()),
+    ):
+        with pytest.raises(
+            PrivacyError, match=r"index\.json.*'model-00002\.npy' is not a \.safetensors"
+        ) as error:
+            publish()
+        assert "'tf_model.h5' is not a .safetensors file" in str(error.value)
+
+    # paths out of the folder
+    (model_dir.parent / "outside.safetensors").write_bytes((model_dir / SHARD).read_bytes())
+    for name, found in (
+        ("../outside.safetensors", "'..'"),
+        (str(model_dir.parent / "outside.safetensors"), "absolute path"),
+    ):
+        _write_weight_index(model_dir, [SHARD, name])
+        with pytest.raises(PrivacyError, match=re.escape(found)):
+            model_upload_files(model_dir, require_card=False)
+
+    # a shard with the right name whose content is a pickle
+    (model_dir / "model-00002-of-00002.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)
+    _write_weight_index(model_dir, [SHARD, "model-00002-of-00002.safetensors"])
+    with pytest.raises(PrivacyError, match=r"model-00002-of-00002\.safetensors: not a safetensors"):
+        push_model(model_dir, "megfm/tiny", api=NoUpload())
+
+
+def test_push_uploads_sanitised_metrics(model_dir, fake_hub):
+    metrics = {
+        **METRICS,
+        "model": str(model_dir),
+        "dataset": "/data/clinic_x/mri_2024",
+        "test_subjects": ["patient-0412", "HOSP-7731"],
+        "per_subject": {"HOSP-7731": {"n_windows": 3}, "patient-0412": {"n_windows": 4}},
+        "skipped": {"attention": "subject hosp-7731: no events in /home/jane/meg/run_01.fif"},
+    }
+    local = json.dumps(metrics, indent=1)
+    (model_dir / "metrics.json").write_text(local)
+    # the split names the pretraining subjects; "sample" is also a word of the remote code
+    (model_dir / "split.json").write_text(
+        json.dumps({"train": ["sample", "pt0099"], "test": ["patient-0412", "HOSP-7731"]})
+    )
+    push_model(model_dir, "megfm/tiny", api=HfApi(endpoint=fake_hub.endpoint, token="hf_t"))
+
+    (commit,) = fake_hub.commits
+    published = json.loads(commit["files"]["metrics.json"])
+    assert published["model"] == "model" and published["dataset"] == "mri_2024"
+    assert published["test_subjects"] == ["subject-1", "subject-2"]
+    assert published["per_subject"] == {
+        "subject-2": {"n_windows": 3},
+        "subject-1": {"n_windows": 4},
+    }
+    assert published["skipped"]["attention"] == "subject subject-2: no events in run_01.fif"
+    assert published["reconstruction"] == METRICS["reconstruction"]
+    for name, content in commit["files"].items():
+        for secret in ("patient-0412", "hosp-7731", "/home/jane", "clinic_x", "pt0099"):
+            assert secret not in content.decode("latin-1").lower(), (name, secret)
+    assert (model_dir / "metrics.json").read_text() == local  # the local file is untouched
+
+    # the sanitised copy is what the gate checks: a forbidden string still refuses it
+    with pytest.raises(PrivacyError, match=r"metrics\.json.*forbidden string #1"):
+        push_model(model_dir, "megfm/tiny", forbidden_strings=["mri_2024"], api=NoUpload())
+
+
+def test_sanitize_metrics_labels_codes_consistently():
+    metrics = {
+        "test_subjects": ["sub-01", "pt7"],
+        "test_subjects_in_pretraining": ["pt7"],
+        "classification": {"subjects": "held-out", "n_subjects": 2, "subject_labels": [0, 1]},
+        "notes": ["sub-01 and PT7 at C:\\Users\\jane\\meg\\x.fif", "p = 0.01", "auditory/left"],
+    }
+    sanitized = sanitize_metrics(metrics, subject_codes=["02"])
+    assert sanitized["test_subjects"] == ["subject-1", "subject-2"]
+    assert sanitized["test_subjects_in_pretraining"] == ["subject-2"]
+    assert sanitized["classification"] == metrics["classification"]
+    assert sanitized["notes"] == ["subject-1 and subject-2 at x.fif", "p = 0.01", "auditory/left"]
+    assert metrics["test_subjects"] == ["sub-01", "pt7"]  # the input is left as it is
+    assert subject_code_forms("01") == ("sub-01",)
+    assert subject_code_forms("sub-pt0412") == ("sub-pt0412", "pt0412")
+
+
+def test_gate_refuses_subject_codes_of_the_data(model_dir, dataset_dir):
+    # no forbidden strings given: the dataset's subject column names the codes
+    (model_dir / "figures" / "topomap_c01.png").write_bytes(_png())
+    with pytest.raises(PrivacyError, match=r"topomap_c01\.png.*subject code of the data") as error:
+        push_model(
+            model_dir,
+            "megfm/tiny",
+            dataset_dir=dataset_dir,
+            dataset_repo_id="megfm/d",
+            api=NoUpload(),
+        )
+    assert "c01" not in str(error.value).replace("topomap_c01", "")
+    (model_dir / "figures" / "topomap_c01.png").unlink()
+
+    # the evaluated dataset recorded in metrics.json is read when no dataset is pushed
+    (model_dir / "metrics.json").write_text(json.dumps({**METRICS, "dataset": str(dataset_dir)}))
+    (model_dir / "README.md").write_text("Evaluated on RoeRichard; p = 0.01.\n")
+    with pytest.raises(PrivacyError, match=r"README\.md \(line 1\): subject code of the data"):
+        push_model(model_dir, "megfm/tiny", api=NoUpload())
+
+    # split.json: a code of digits alone is refused in its BIDS spelling, not inside numbers
+    (model_dir / "metrics.json").write_text(json.dumps(METRICS))
+    (model_dir / "split.json").write_text(json.dumps({"train": ["01"], "test": ["02"]}))
+    (model_dir / "README.md").write_text("Figures of sub-02.\n")
+    with pytest.raises(PrivacyError, match=r"README\.md.*subject code of the data \(s\*"):
+        push_model(model_dir, "megfm/tiny", api=NoUpload())
 
 
 # --------------------------------------------------------------------------- refusals

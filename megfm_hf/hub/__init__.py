@@ -8,6 +8,7 @@ from .card import (
     summarize_dataset,
     write_model_card,
 )
+from .identifiers import sanitize_metrics, subject_codes
 from .privacy import KNOWN_DATASET_COLUMNS, PrivacyError, check_files, find_identifiers
 from .push import (
     ModelFolderError,
@@ -31,6 +32,8 @@ __all__ = [
     "model_upload_files",
     "push_model",
     "read_forbidden_strings",
+    "sanitize_metrics",
+    "subject_codes",
     "summarize_dataset",
     "write_model_card",
 ]

@@ -20,12 +20,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..modeling.configuration_megfm import MEGConfig
-from .privacy import check_text, safetensors_header
+from .identifiers import ORDINAL_LABEL, SPLIT_FILE
+from .privacy import WEIGHTS_INDEX, check_text, safetensors_header, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,31 @@ _SENSOR_SYSTEMS = {
     frozenset({3}): "optically pumped magnetometers (OPM)",
 }
 
+#: what each reconstruction baseline predicts for the hidden sensors
+_BASELINE_DESCRIPTIONS = {
+    "zeros": "predicts zero (NMSE 1)",
+    "interpolation": (
+        "a Gaussian-kernel average of the visible sensors of the same type at the same instant"
+    ),
+    "ridge": (
+        "a ridge regression from the visible sensors to the hidden ones at the same instant, "
+        "fitted on windows of the dataset's subjects that were not evaluated"
+    ),
+}
+
+#: how an attention condition's expected sensors were chosen, by the start of ``region_source``
+_REGION_SOURCES = {
+    "simulated ground truth": (
+        "simulated ground truth: the sensors where the simulated stimulus drives cortex"
+    ),
+    "strongest": "{source}, read from the input windows, not from the model",
+    "given": "sensors given to the evaluation",
+}
+
+#: ``model-index`` dataset type of evaluation data that is not on the Hub
+LOCAL_DATASET_TYPE = "local"
+
+_ORDINAL = re.compile(ORDINAL_LABEL.format(r"\d+"))
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # what the Hub accepts as ``model-index[].results[].dataset.type``
 _DATASET_TYPE = re.compile(r"^(?:[\w-]+/)?[\w.-]+$")
@@ -197,7 +224,12 @@ def load_metrics(metrics: Mapping[str, Any] | str | Path | None, model_dir: Path
     return dict(metrics)
 
 
-def summarize_dataset(dataset_dir: str | Path, *, name: str | None = None) -> dict[str, Any]:
+def summarize_dataset(
+    dataset_dir: str | Path,
+    *,
+    name: str | None = None,
+    subjects: Iterable[str] | None = None,
+) -> dict[str, Any]:
     """Summarize a built window dataset by counts only (no identifiers).
 
     Parameters
@@ -207,6 +239,9 @@ def summarize_dataset(dataset_dir: str | Path, *, name: str | None = None) -> di
         ``parquet/``, optionally ``megfm_dataset.json`` and ``preprocessor_config.json``).
     name : str | None
         Display name of the dataset (``"MEG windows"`` when ``None``).
+    subjects : iterable of str | None
+        Count only the windows of these subjects (for a model card: the subjects the model was
+        trained on, ``split.json``'s ``train``); all when ``None``.
 
     Returns
     -------
@@ -231,12 +266,19 @@ def summarize_dataset(dataset_dir: str | Path, *, name: str | None = None) -> di
     systems: set[str] = set()
     sfreq: float | None = None
     n_windows = 0
+    n_recordings = 0
+    wanted = None if subjects is None else pa.array(sorted({str(s) for s in subjects}))
     for shard in shards:
         parquet = pq.ParquetFile(shard)
         missing = {"subject", "label", "state"} - set(parquet.schema_arrow.names)
         if missing:
             raise ValueError(f"{shard}: missing columns {sorted(missing)}")
         table = parquet.read(columns=["subject", "label", "state"])
+        if wanted is not None:
+            table = table.filter(pc.is_in(table["subject"], value_set=wanted))
+            if not table.num_rows:
+                continue
+        n_recordings += 1
         n_windows += table.num_rows
         for subject, label in zip(
             table["subject"].to_pylist(), table["label"].to_pylist(), strict=True
@@ -260,7 +302,7 @@ def summarize_dataset(dataset_dir: str | Path, *, name: str | None = None) -> di
     total_hours = n_windows * window_seconds / 3600 if window_seconds else None
     return {
         "name": name or "MEG windows",
-        "n_recordings": len(shards),
+        "n_recordings": n_recordings,
         "n_windows": n_windows,
         "subjects_per_group": {label: len(groups[label]) for label in sorted(groups)},
         "windows_per_state": dict(sorted(states.items())),
@@ -280,7 +322,10 @@ def _load_dataset_summary(
     if isinstance(dataset_summary, str | os.PathLike):
         path = Path(dataset_summary)
         if path.is_dir():
-            return summarize_dataset(path)
+            # The card describes what the model was trained on: the training side of its split.
+            split_path = model_dir / SPLIT_FILE
+            split = _read_json(split_path, "the split") if split_path.is_file() else {}
+            return summarize_dataset(path, subjects=split.get("train"))
         if path.is_file():
             summary = _read_json(path, "the dataset summary")
             if not isinstance(summary, Mapping):
@@ -305,17 +350,23 @@ def count_parameters(model_dir: Path, prefix: str = "megfm.") -> tuple[int, int]
     counts : (total, backbone) | None
         All parameters, and those of the backbone (``MEGModel``, keys under ``prefix``; all of
         them for a bare ``MEGModel``). ``None`` without weights.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a shard named in the index is missing.
+    megfm_hf.hub.privacy.PrivacyError
+        If a weight file is not safetensors or the index names one that cannot be published.
     """
-    index = model_dir / "model.safetensors.index.json"
-    if (model_dir / "model.safetensors").is_file():
-        files = [model_dir / "model.safetensors"]
-    elif index.is_file():
-        weight_map = _read_json(index, "the weight index").get("weight_map", {})
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
-    else:
+    files, missing = weight_files(model_dir)
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir}: shards {missing} are listed in {WEIGHTS_INDEX} but missing"
+        )
+    if not files:
         return None
     sizes: dict[str, int] = {}
-    for path in files:
+    for path in (path for name, path in files.items() if name != WEIGHTS_INDEX):
         for key, entry in safetensors_header(path).items():
             if key != "__metadata__":
                 sizes[key] = math.prod(entry.get("shape", []))
@@ -497,45 +548,83 @@ def _dataset_context(summary: Mapping[str, Any] | None) -> dict[str, str] | None
     }
 
 
+def _reconstruction_row(
+    scope: str, condition: str, sensor_type: str, values: Mapping, baselines: list[Mapping]
+) -> dict:
+    return {
+        "scope": scope,
+        "condition": condition,
+        "sensor_type": sensor_type,
+        "nmse": _fmt(values.get("nmse")),
+        "pearson_r": _fmt(values.get("pearson_r")),
+        "n_tokens": values.get("n_tokens", "n/a"),
+        "baselines": [_fmt(baseline.get("nmse")) for baseline in baselines],
+    }
+
+
 def _reconstruction_rows(metrics: Mapping[str, Any]) -> tuple[list[dict], list[str]]:
+    """Table rows (continuous, then evoked) and the baseline names, one column each.
+
+    Continuous rows read ``baselines[name][sensor_type]``, evoked rows
+    ``evoked_baselines[name][condition][sensor_type]``; a baseline of either kind gets a column.
+    """
     section = _section(metrics, "reconstruction")
     baselines = _section(section, "baselines")
-    names = [name for name, value in baselines.items() if isinstance(value, Mapping)]
-    rows = []
-    for sensor_type, values in _section(section, "continuous").items():
-        if not isinstance(values, Mapping):
-            continue
-        rows.append(
-            {
-                "scope": "continuous",
-                "condition": "all",
-                "sensor_type": sensor_type,
-                "nmse": _fmt(values.get("nmse")),
-                "pearson_r": _fmt(values.get("pearson_r")),
-                "n_tokens": values.get("n_tokens", "n/a"),
-                "baselines": [
-                    _fmt(_section(baselines[name], sensor_type).get("nmse")) for name in names
-                ],
-            }
+    evoked_baselines = _section(section, "evoked_baselines")
+    names = list(
+        dict.fromkeys(
+            name
+            for table in (baselines, evoked_baselines)
+            for name, value in table.items()
+            if isinstance(value, Mapping)
         )
+    )
+    rows = [
+        _reconstruction_row(
+            "continuous",
+            "all",
+            sensor_type,
+            values,
+            [_section(_section(baselines, name), sensor_type) for name in names],
+        )
+        for sensor_type, values in _section(section, "continuous").items()
+        if isinstance(values, Mapping)
+    ]
     for condition, per_type in _section(section, "evoked").items():
         if not isinstance(per_type, Mapping):
             continue
-        for sensor_type, values in per_type.items():
-            if not isinstance(values, Mapping):
-                continue
-            rows.append(
-                {
-                    "scope": "evoked",
-                    "condition": condition,
-                    "sensor_type": sensor_type,
-                    "nmse": _fmt(values.get("nmse")),
-                    "pearson_r": _fmt(values.get("pearson_r")),
-                    "n_tokens": values.get("n_tokens", "n/a"),
-                    "baselines": ["n/a"] * len(names),
-                }
+        rows += [
+            _reconstruction_row(
+                "evoked",
+                condition,
+                sensor_type,
+                values,
+                [
+                    _section(_section(_section(evoked_baselines, name), condition), sensor_type)
+                    for name in names
+                ],
             )
+            for sensor_type, values in per_type.items()
+            if isinstance(values, Mapping)
+        ]
     return rows, names
+
+
+def _baseline_descriptions(names: Iterable[str]) -> list[dict[str, str]]:
+    return [
+        {"name": name, "description": _BASELINE_DESCRIPTIONS.get(name, "(not described)")}
+        for name in names
+    ]
+
+
+def _region_text(source: Any) -> str:
+    """Where an attention condition's expected sensors came from, for the card."""
+    if not isinstance(source, str) or not source.strip():
+        return "not recorded"
+    for prefix, description in _REGION_SOURCES.items():
+        if source.lower().startswith(prefix):
+            return description.format(source=source)
+    return source
 
 
 def _attention_rows(metrics: Mapping[str, Any]) -> list[dict]:
@@ -549,6 +638,7 @@ def _attention_rows(metrics: Mapping[str, Any]) -> list[dict]:
             if isinstance(ci, list | tuple) and len(ci) == 2
             else "n/a"
         )
+        null = values.get("null")
         rows.append(
             {
                 "condition": condition,
@@ -556,13 +646,75 @@ def _attention_rows(metrics: Mapping[str, Any]) -> list[dict]:
                 "null_mean": _fmt(values.get("null_mean")),
                 "null_ci95": ci_text,
                 "p_value": _fmt_p(values.get("p_value")),
+                "p_value_holm": _fmt_p(values.get("p_value_holm")),
+                "null": str(null) if isinstance(null, str) and null.strip() else "not recorded",
+                "region": _region_text(values.get("region_source")),
             }
         )
     return rows
 
 
-def _classification(metrics: Mapping[str, Any]) -> dict | None:
-    section = _section(metrics, "classification")
+def _attention_columns(metrics: Mapping[str, Any]) -> dict[str, bool]:
+    """Which optional attention columns any condition fills (``null``, ``p_value_holm``)."""
+    sections = [v for v in _section(metrics, "attention").values() if isinstance(v, Mapping)]
+    return {
+        "null": any(isinstance(v.get("null"), str) for v in sections),
+        "holm": any(_number(v.get("p_value_holm")) is not None for v in sections),
+    }
+
+
+def _label_names(section: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(positive, negative)`` from ``label_names`` and ``positive_label``, when both are known."""
+    names = section.get("label_names")
+    if not (
+        isinstance(names, list | tuple)
+        and len(names) == 2
+        and all(isinstance(n, str) and n for n in names)
+    ):
+        return None
+    positive = section.get("positive_label")
+    positive = positive if positive in names else names[1]
+    negative = names[0] if names[1] == positive else names[1]
+    return positive, negative
+
+
+def classification_task_name(section: Mapping[str, Any]) -> str:
+    """The task of a ``classification`` section in words (``"migraine vs control ..."``)."""
+    labels = _label_names(section)
+    if labels is None:
+        return "Two-class subject classification from pretrained features"
+    return f"{labels[0]} vs {labels[1]} classification from pretrained features"
+
+
+def _classification_subjects(section: Mapping[str, Any]) -> str:
+    """Which subjects were classified and whether the model saw them in pretraining."""
+    n_subjects = section.get("n_subjects", "n/a")
+    which = section.get("subjects")
+    n_pretraining = section.get("n_pretraining_subjects")
+    if isinstance(n_pretraining, bool) or not isinstance(n_pretraining, int):
+        n_pretraining = None
+    if which == "held-out":
+        return f"The {n_subjects} classified subjects were all held out of pretraining."
+    if which == "all labelled":
+        if n_pretraining is None:
+            seen = "how many of them were in the pretraining data is not recorded"
+        elif n_pretraining == 0:
+            seen = "none of them was in the pretraining data"
+        else:
+            seen = (
+                f"{n_pretraining} of them were in the pretraining data (the model saw their "
+                "recordings, without labels, when it was pretrained)"
+            )
+        return f"All {n_subjects} labelled subjects were classified; {seen}."
+    if isinstance(which, str) and which.strip():
+        return f"Subjects classified: {which} ({n_subjects})."
+    return (
+        "Which subjects were classified, and whether they were held out of pretraining, is not "
+        "recorded with these results."
+    )
+
+
+def _classification_tables(section: Mapping[str, Any]) -> dict | None:
     rows = []
     for source, label in (("features", "pretrained features"), ("raw", "raw-signal features")):
         for classifier, values in _section(section, source).items():
@@ -594,7 +746,99 @@ def _classification(metrics: Mapping[str, Any]) -> dict | None:
     }
 
 
+def _classification(metrics: Mapping[str, Any]) -> dict | None:
+    section = _section(metrics, "classification")
+    tables = _classification_tables(section)
+    if tables is None:
+        return None
+    labels = _label_names(section)
+    n_pretraining = section.get("n_pretraining_subjects")
+    return {
+        **tables,
+        "task": f"`{labels[0]}` versus `{labels[1]}`" if labels else None,
+        "positive_label": labels[0] if labels else None,
+        "subjects": _classification_subjects(section),
+        "held_out": _classification_tables(_section(metrics, "classification_held_out")),
+        # a result on subjects the model saw, with none restricted to the others
+        "missing_held_out": section.get("subjects") == "all labelled"
+        and n_pretraining != 0
+        and not _section(metrics, "classification_held_out"),
+    }
+
+
+def _evaluated_subjects(metrics: Mapping[str, Any], model_dir: Path) -> str | None:
+    """Which subjects reconstruction and attention were evaluated on, and whether they were seen.
+
+    ``metrics["test_subjects_in_pretraining"]`` (the evaluated subjects the model was pretrained
+    on; ``None`` when unknown) decides; older metrics lack it, and their ``test_subjects`` are
+    compared with the ``train`` side of the model's ``split.json``.
+    """
+    tested = metrics.get("test_subjects")
+    if not isinstance(tested, list | tuple) or not tested:
+        return None
+    where = f"Reconstruction and attention were evaluated on {len(tested)} subjects"
+    unknown = f"{where}; whether they were held out of pretraining is not recorded."
+    if "test_subjects_in_pretraining" in metrics:
+        seen_codes = metrics["test_subjects_in_pretraining"]
+        if not isinstance(seen_codes, list | tuple):
+            return unknown
+        seen = len(seen_codes)
+    else:
+        split_path = model_dir / SPLIT_FILE
+        split = _read_json(split_path, "the subject split") if split_path.is_file() else {}
+        train = split.get("train") if isinstance(split, Mapping) else None
+        # published metrics carry ordinal labels instead of codes: they cannot be compared
+        if not isinstance(train, list | tuple) or any(_ORDINAL.fullmatch(str(c)) for c in tested):
+            return unknown
+        pretrained = {str(code).removeprefix("sub-").lower() for code in train}
+        seen = sum(str(code).removeprefix("sub-").lower() in pretrained for code in tested)
+    if seen == 0:
+        return f"{where}, all held out of pretraining."
+    return (
+        f"{where}; {seen} of them were in the pretraining data, so these results are not all on "
+        "subjects the model has not seen."
+    )
+
+
 # --------------------------------------------------------------------------- model-index
+
+
+def evaluation_dataset_id(
+    metrics: Mapping[str, Any],
+    *,
+    dataset_dir: str | Path | None = None,
+    dataset_repo_id: str | None = None,
+) -> str | None:
+    """The Hub id of the data the metrics were computed on, when it is known.
+
+    Parameters
+    ----------
+    metrics : Mapping
+        The evaluation ``metrics.json`` content; ``metrics["dataset"]`` is the evaluated
+        dataset's folder, or an object with a Hub id under ``"type"``.
+    dataset_dir : str | Path | None
+        A local dataset folder published as ``dataset_repo_id``.
+    dataset_repo_id : str | None
+        Hub id of ``dataset_dir``.
+
+    Returns
+    -------
+    dataset_id : str | None
+        ``metrics["dataset"]["type"]``; else ``dataset_repo_id`` when the evaluated folder is
+        ``dataset_dir``; else ``None`` (the training dataset is never assumed).
+    """
+    evaluated = metrics.get("dataset")
+    if isinstance(evaluated, Mapping):
+        return str(evaluated["type"]) if evaluated.get("type") else None
+    if (
+        isinstance(evaluated, str)
+        and evaluated
+        and dataset_dir is not None
+        and dataset_repo_id is not None
+        and Path(evaluated).resolve() == Path(dataset_dir).resolve()
+    ):
+        return dataset_repo_id
+    return None
 
 
 def eval_results_from_metrics(
@@ -610,7 +854,8 @@ def eval_results_from_metrics(
     metrics : Mapping
         The evaluation ``metrics.json`` content.
     dataset_type : str
-        Dataset identifier (a Hub dataset id, or ``"local"``).
+        Dataset identifier (a Hub dataset id, or :data:`LOCAL_DATASET_TYPE` for data that is
+        not on the Hub).
     dataset_name : str
         Display name of the evaluation data.
 
@@ -619,7 +864,8 @@ def eval_results_from_metrics(
     results : list of huggingface_hub.EvalResult
         Task types ``masked-signal-modeling``, ``sensor-attention-alignment`` and
         ``meg-classification``; metric types ``nmse``, ``pearson_r``, ``alignment``, ``roc_auc``
-        and ``balanced_accuracy``.
+        and ``balanced_accuracy``. Classification restricted to the subjects held out of
+        pretraining (``classification_held_out``) has ``dataset_config`` ``"held-out"``.
     """
     results: list[EvalResult] = []
     common = {"dataset_type": dataset_type, "dataset_name": dataset_name}
@@ -659,8 +905,9 @@ def eval_results_from_metrics(
         value = _number(values.get("alignment")) if isinstance(values, Mapping) else None
         if value is None:
             continue
-        p_value = _number(values.get("p_value"))
+        p_value, holm = _number(values.get("p_value")), _number(values.get("p_value_holm"))
         p_text = f", p = {p_value:.3g}" if p_value is not None else ""
+        p_text += f", Holm-corrected p = {holm:.3g}" if holm is not None else ""
         results.append(
             EvalResult(
                 task_type="sensor-attention-alignment",
@@ -672,25 +919,33 @@ def eval_results_from_metrics(
                 **common,
             )
         )
-    for classifier, values in _section(_section(metrics, "classification"), "features").items():
-        if not isinstance(values, Mapping):
-            continue
-        for metric in ("roc_auc", "balanced_accuracy"):
-            estimate, low, high = _estimate(values.get(metric))
-            if estimate is None:
+    # one task, the label names of the main section; the restricted results are their own group
+    task_name = classification_task_name(_section(metrics, "classification"))
+    for key, subjects in (("classification", None), ("classification_held_out", "held-out")):
+        section = _section(metrics, key)
+        for classifier, values in _section(section, "features").items():
+            if not isinstance(values, Mapping):
                 continue
-            ci = f", 95% CI {low:.3f}-{high:.3f}" if low is not None and high is not None else ""
-            results.append(
-                EvalResult(
-                    task_type="meg-classification",
-                    task_name="Patient vs control classification from pretrained features",
-                    metric_type=metric,
-                    metric_value=estimate,
-                    metric_name=f"{_METRIC_LABELS[metric]} ({classifier}{ci})",
-                    metric_config=classifier,
-                    **common,
+            for metric in ("roc_auc", "balanced_accuracy"):
+                estimate, low, high = _estimate(values.get(metric))
+                if estimate is None:
+                    continue
+                ci = (
+                    f", 95% CI {low:.3f}-{high:.3f}" if low is not None and high is not None else ""
                 )
-            )
+                where = classifier if subjects is None else f"{classifier}, {subjects} subjects"
+                results.append(
+                    EvalResult(
+                        task_type="meg-classification",
+                        task_name=task_name,
+                        dataset_config=subjects,
+                        metric_type=metric,
+                        metric_value=estimate,
+                        metric_name=f"{_METRIC_LABELS[metric]} ({where}{ci})",
+                        metric_config=classifier,
+                        **common,
+                    )
+                )
     return results
 
 
@@ -742,6 +997,8 @@ def build_model_card(
     citation: str = REFERENCE_CITATION,
     template_path: str | Path | None = None,
     forbidden_strings: Iterable[str] | None = None,
+    eval_dataset_repo_id: str | None = None,
+    subject_codes: Iterable[str] = (),
 ) -> ModelCard:
     """Build the model card of a saved model.
 
@@ -762,7 +1019,9 @@ def build_model_card(
     repo_id : str | None
         Hub id (``ORG/NAME``) the card is for; used in the usage example and the model name.
     dataset_repo_id : str | None
-        Hub id of the training dataset, listed in the card metadata.
+        Hub id of the training dataset, listed in the card metadata (``datasets``). It is the
+        ``model-index`` dataset only when the metrics were computed on that dataset (the
+        evaluated folder is ``dataset_summary``; see :func:`evaluation_dataset_id`).
     model_name : str | None
         Display name; defaults to the repository name, else the folder name.
     license : str
@@ -773,6 +1032,13 @@ def build_model_card(
         A Jinja card template; the packaged ``megfm_card_template.md`` when ``None``.
     forbidden_strings : iterable of str | None
         Identifier strings that must not appear in the card.
+    eval_dataset_repo_id : str | None
+        Hub id of the data the metrics were computed on. When neither this nor the metrics name
+        one (:func:`evaluation_dataset_id`), the ``model-index`` results give the dataset type
+        :data:`LOCAL_DATASET_TYPE`: the Hub requires a type, and the data is not on the Hub.
+    subject_codes : iterable of str
+        Subject codes of the data, refused in the card as whole words
+        (:func:`~megfm_hf.hub.privacy.subject_code_forms`).
 
     Returns
     -------
@@ -794,15 +1060,29 @@ def build_model_card(
         check_repo_id(repo_id)
     if dataset_repo_id is not None:
         check_repo_id(dataset_repo_id, argument="dataset_repo_id")
+    if eval_dataset_repo_id is not None:
+        check_repo_id(eval_dataset_repo_id, argument="eval_dataset_repo_id")
     config = _load_config(model_dir)
     metrics = load_metrics(metrics, model_dir)
     summary = _load_dataset_summary(dataset_summary, model_dir)
     name = model_name or (repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
 
-    evaluation = metrics.get("dataset") if isinstance(metrics.get("dataset"), Mapping) else {}
-    dataset_type = _dataset_type(str(evaluation.get("type") or dataset_repo_id or "local"))
+    evaluated = _section(metrics, "dataset")
+    summarized_dir = (
+        dataset_summary
+        if isinstance(dataset_summary, str | os.PathLike) and Path(dataset_summary).is_dir()
+        else None
+    )
+    dataset_id = eval_dataset_repo_id or evaluation_dataset_id(
+        metrics, dataset_dir=summarized_dir, dataset_repo_id=dataset_repo_id
+    )
+    dataset_type = _dataset_type(dataset_id or LOCAL_DATASET_TYPE)
+    # the training data's name describes the evaluation data only when they are one dataset
+    same_data = dataset_id is not None and dataset_id == dataset_repo_id
     dataset_name = str(
-        evaluation.get("name") or (summary or {}).get("name") or "MEG evaluation data"
+        evaluated.get("name")
+        or (same_data and (summary or {}).get("name"))
+        or "MEG evaluation data"
     )
     eval_results = eval_results_from_metrics(
         metrics, dataset_type=dataset_type, dataset_name=dataset_name
@@ -835,10 +1115,13 @@ def build_model_card(
         preprocessing=_preprocessing(model_dir),
         training=_training(model_dir),
         dataset=_dataset_context(summary),
+        evaluated_subjects=_evaluated_subjects(metrics, model_dir),
         reconstruction=reconstruction,
         reconstruction_baselines=baseline_names,
         reconstruction_has_baselines=bool(baseline_names),
+        baseline_descriptions=_baseline_descriptions(baseline_names),
         attention=_attention_rows(metrics),
+        attention_columns=_attention_columns(metrics),
         classification=_classification(metrics),
         not_evaluated={key: str(value) for key, value in skipped.items()},
         license=license,
@@ -846,7 +1129,10 @@ def build_model_card(
         citation=citation.strip(),
     )
     check_text(
-        card.content, source=f"model card of {model_dir}", forbidden_strings=forbidden_strings
+        card.content,
+        source=f"model card of {model_dir}",
+        forbidden_strings=forbidden_strings,
+        subject_codes=subject_codes,
     )
     return card
 
@@ -891,11 +1177,14 @@ def write_model_card(
 
 __all__ = [
     "DEFAULT_LICENSE",
+    "LOCAL_DATASET_TYPE",
     "REFERENCE_CITATION",
     "build_model_card",
     "check_repo_id",
+    "classification_task_name",
     "count_parameters",
     "eval_results_from_metrics",
+    "evaluation_dataset_id",
     "load_metrics",
     "summarize_dataset",
     "write_model_card",

@@ -27,6 +27,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo-id", metavar="ORG/NAME", help="Hub id the card is for")
     parser.add_argument("--dataset-repo-id", metavar="ORG/NAME", help="Hub id of the dataset")
     parser.add_argument("--output", metavar="FILE", help="where to write (default: DIR/README.md)")
+    parser.add_argument(
+        "--eval-dataset-repo-id",
+        metavar="ORG/NAME",
+        help="Hub id of the data the metrics were computed on, for the card's model-index "
+        "(default: none, unless the metrics name it)",
+    )
     add_forbidden_arguments(parser)
 
 
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             dataset_repo_id=args.dataset_repo_id,
             output=args.output,
             forbidden_strings=forbidden,
+            eval_dataset_repo_id=args.eval_dataset_repo_id,
         )
     except (ValueError, OSError) as err:
         print(f"megfm card: {err}", file=sys.stderr)

@@ -48,6 +48,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--commit-message", default="Upload megfm model", help="message of the model commit"
     )
+    parser.add_argument(
+        "--eval-dataset-repo-id",
+        metavar="ORG/NAME",
+        help="Hub id of the data the metrics were computed on, for the card's model-index "
+        "(default: none, unless the metrics name it)",
+    )
     add_forbidden_arguments(parser)
 
 
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             token=args.token,
             commit_message=args.commit_message,
             forbidden_strings=forbidden,
+            eval_dataset_repo_id=args.eval_dataset_repo_id,
         )
     except (PrivacyError, ModelFolderError, ValueError, OSError) as err:
         print(f"megfm push: {err}", file=sys.stderr)

@@ -6,8 +6,13 @@ refuses, with a :class:`PrivacyError` naming the file and what was found, when
 - a folder holds a pickle-capable file (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.pickle``,
   ``*.ckpt``, ``*.joblib``) anywhere, or an uploaded file is a pickle or a ``torch.save`` archive
   whatever its name: loading such files runs code, and weights go as safetensors only;
+- a weight file is not safetensors, or ``model.safetensors.index.json`` names a shard that is not
+  a ``.safetensors`` file or lies outside the model folder (:func:`weight_files`);
 - an uploaded file contains a string the caller forbids (names, subject codes, hospital IDs), in
   any case;
+- an uploaded file contains, as a whole word, a subject code of the data the model was trained or
+  evaluated on (:func:`subject_code_forms` says which spellings; the codes are collected by
+  :func:`megfm_hf.hub.identifiers.subject_codes`);
 - an uploaded file contains a typical identifier: a field of MNE's ``subject_info`` or another
   person field with a value (``his_id``, ``first_name``, ``last_name``, ``birthday``, ...), a
   ``meas_date`` with a value, an e-mail address, or a date of birth;
@@ -27,7 +32,8 @@ import struct
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -94,6 +100,10 @@ _BIRTH_DATE = re.compile(
     re.IGNORECASE,
 )
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{4,}")
+# a whole word: neither preceded nor followed by a letter or digit
+_WORD_START, _WORD_END = r"(?<![A-Za-z0-9])", r"(?![A-Za-z0-9])"
+#: shortest bare subject code (with at least one letter) that is refused without its prefix
+MIN_BARE_CODE_LENGTH = 3
 
 
 class PrivacyError(ValueError):
@@ -161,8 +171,65 @@ def check_forbidden_strings(forbidden_strings: Iterable[str] | None) -> tuple[st
     return tuple(cleaned)
 
 
+def subject_code_forms(code: str) -> tuple[str, ...]:
+    """The spellings of a subject code that are refused as whole words, longest first.
+
+    Parameters
+    ----------
+    code : str
+        A subject code as a dataset or ``split.json`` holds it (``"0412"``, ``"sub-pt0412"``).
+
+    Returns
+    -------
+    forms : tuple of str
+        ``sub-<code>`` always; the bare code too when it has at least
+        :data:`MIN_BARE_CODE_LENGTH` characters and a letter. Empty for an empty code.
+
+    Notes
+    -----
+    A code of digits alone (BIDS ``sub-01`` is ``"01"`` in the ``subject`` column) cannot be told
+    apart from a number in a text (``p = 0.01``), so only its prefixed spelling is refused;
+    :func:`megfm_hf.hub.identifiers.sanitize_metrics` removes the bare codes from the metrics.
+    Codes are matched as whole words (not inside a longer word or number), so that a short code
+    does not match by chance inside a hash or an identifier of the code.
+    """
+    code = str(code).strip()
+    bare = code[4:] if code.lower().startswith("sub-") else code
+    if not bare:
+        return ()
+    forms = [f"sub-{bare}"]
+    if len(bare) >= MIN_BARE_CODE_LENGTH and any(c.isalpha() for c in bare):
+        forms.append(bare)
+    return tuple(forms)
+
+
+@lru_cache(maxsize=16)
+def subject_code_pattern(codes: tuple[str, ...]) -> re.Pattern[str] | None:
+    """A case-insensitive pattern matching any spelling of ``codes`` as a whole word.
+
+    Parameters
+    ----------
+    codes : tuple of str
+        Subject codes (see :func:`subject_code_forms`).
+
+    Returns
+    -------
+    pattern : re.Pattern | None
+        ``None`` when no code has a spelling to refuse.
+    """
+    forms = sorted({form for code in codes for form in subject_code_forms(code)}, key=len)
+    if not forms:
+        return None
+    alternatives = "|".join(re.escape(form) for form in reversed(forms))
+    return re.compile(f"{_WORD_START}(?:{alternatives}){_WORD_END}", re.IGNORECASE)
+
+
 def find_identifiers(
-    text: str, forbidden_strings: Sequence[str] = (), *, patterns: bool = True
+    text: str,
+    forbidden_strings: Sequence[str] = (),
+    *,
+    patterns: bool = True,
+    subject_codes: Sequence[str] = (),
 ) -> list[tuple[int, str]]:
     """Find identifiers in a text.
 
@@ -175,6 +242,9 @@ def find_identifiers(
     patterns : bool
         Also look for typical identifiers (person fields with values, ``meas_date`` values,
         e-mail addresses, dates of birth).
+    subject_codes : sequence of str
+        Subject codes of the data that must not appear as whole words, in the spellings of
+        :func:`subject_code_forms`, compared case-insensitively.
 
     Returns
     -------
@@ -187,6 +257,10 @@ def find_identifiers(
         offset = lowered.find(value.lower())
         if offset >= 0:
             found.append((offset, f"forbidden string #{number} ({mask(value)})"))
+    code_pattern = subject_code_pattern(tuple(subject_codes))
+    if code_pattern is not None:
+        for match in code_pattern.finditer(text):
+            found.append((match.start(), f"subject code of the data ({mask(match.group())})"))
     if patterns:
         for match in _KEY_WITH_VALUE.finditer(text):
             key = match.group(1)
@@ -207,10 +281,12 @@ def _line_of(text: str, offset: int) -> str:
     return f"line {text.count(chr(10), 0, offset) + 1}"
 
 
-def _scan_text(path: Path, text: str, forbidden: Sequence[str], where: str = "") -> list[Finding]:
+def _scan_text(
+    path: Path, text: str, forbidden: Sequence[str], codes: Sequence[str], where: str = ""
+) -> list[Finding]:
     return [
         Finding(path, where or _line_of(text, offset), what)
-        for offset, what in find_identifiers(text, forbidden)
+        for offset, what in find_identifiers(text, forbidden, subject_codes=codes)
     ]
 
 
@@ -271,14 +347,103 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-def _scan_safetensors(path: Path, forbidden: Sequence[str]) -> list[Finding]:
+#: single-file weights and the index of sharded weights (``save_pretrained``'s names)
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def _shard_problem(shard: str) -> str | None:
+    """Why a ``weight_map`` entry cannot be published, or ``None`` when it can."""
+    if not shard.strip():
+        return f"{shard!r} is not a file name"
+    if "\\" in shard:
+        return f"{shard!r} has a backslash; repository paths use '/'"
+    if PurePosixPath(shard).is_absolute() or PureWindowsPath(shard).drive:
+        return f"{shard!r} is an absolute path; shards must lie in the model folder"
+    if any(part in ("..", ".", "") for part in shard.split("/")):
+        return f"{shard!r} has a '.', '..' or empty component; shards must lie in the model folder"
+    if not shard.lower().endswith(".safetensors"):
+        return f"{shard!r} is not a .safetensors file; weights are published as safetensors only"
+    return None
+
+
+def weight_files(model_dir: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """The weights of a model folder, each safetensors header validated.
+
+    Parameters
+    ----------
+    model_dir : str | Path
+        A ``save_pretrained`` folder with ``model.safetensors``, or with
+        ``model.safetensors.index.json`` and the shards its ``weight_map`` names.
+
+    Returns
+    -------
+    files : dict of str to Path
+        Path in the repository -> local file (the index included); empty without weights.
+    missing : list of str
+        Shards named in the index that are not in the folder.
+
+    Raises
+    ------
+    PrivacyError
+        If the index is not a JSON object with a ``weight_map`` of names, names a file that is
+        not ``.safetensors`` or lies outside the folder (absolute path, ``.`` or ``..``
+        component, link out of the folder), or a weight file is not a safetensors file. The
+        message names the index and every offending entry.
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / WEIGHTS).is_file():
+        safetensors_header(model_dir / WEIGHTS)
+        return {WEIGHTS: model_dir / WEIGHTS}, []
+    index_path = model_dir / WEIGHTS_INDEX
+    if not index_path.is_file():
+        return {}, []
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PrivacyError(f"{index_path}: not valid JSON ({error})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise PrivacyError(f"{index_path}: expected a JSON object with a 'weight_map' object")
+    if not all(isinstance(name, str) for name in weight_map.values()):
+        raise PrivacyError(f"{index_path}: every weight_map value must be a file name (a string)")
+    shards = sorted(set(weight_map.values()))
+    problems = [problem for shard in shards if (problem := _shard_problem(shard))]
+    if not problems:
+        root = model_dir.resolve()
+        problems = [
+            f"{shard!r} links outside the model folder"
+            for shard in shards
+            if not (model_dir / shard).resolve().is_relative_to(root)
+        ]
+    if problems:
+        raise PrivacyError(
+            f"{index_path}: the weight_map cannot be published: " + "; ".join(problems)
+        )
+    files: dict[str, Path] = {WEIGHTS_INDEX: index_path}
+    missing: list[str] = []
+    for shard in shards:
+        path = model_dir / shard
+        if path.is_file():
+            safetensors_header(path)
+            files[shard] = path
+        else:
+            missing.append(shard)
+    return files, missing
+
+
+def _scan_safetensors(path: Path, forbidden: Sequence[str], codes: Sequence[str]) -> list[Finding]:
     # Only the header can hold text; the tensor bytes are numbers, and scanning them would match
     # short strings by chance.
     header = safetensors_header(path)
-    return _scan_text(path, json.dumps(header, indent=0), forbidden, where="safetensors header")
+    return _scan_text(
+        path, json.dumps(header, indent=0), forbidden, codes, where="safetensors header"
+    )
 
 
-def _scan_parquet(path: Path, forbidden: Sequence[str], *, check_columns: bool) -> list[Finding]:
+def _scan_parquet(
+    path: Path, forbidden: Sequence[str], codes: Sequence[str], *, check_columns: bool
+) -> list[Finding]:
     findings = []
     parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
@@ -296,7 +461,7 @@ def _scan_parquet(path: Path, forbidden: Sequence[str], *, check_columns: bool) 
     for key, value in (schema.metadata or {}).items():
         text = value.decode("utf-8", errors="replace")
         findings += _scan_text(
-            path, text, forbidden, where=f"metadata {key.decode(errors='replace')!r}"
+            path, text, forbidden, codes, where=f"metadata {key.decode(errors='replace')!r}"
         )
     string_columns = [
         field.name
@@ -308,6 +473,7 @@ def _scan_parquet(path: Path, forbidden: Sequence[str], *, check_columns: bool) 
         for name in string_columns:
             values = pc.unique(table[name].combine_chunks()).to_pylist()
             text = "\n".join(v for v in values if v is not None)
+            # the subject column holds the subject codes by design: only forbidden strings here
             findings += [
                 Finding(path, f"column {name!r}", what)
                 for _, what in find_identifiers(text, forbidden)
@@ -320,6 +486,7 @@ def scan_file(
     forbidden_strings: Sequence[str] = (),
     *,
     check_dataset_columns: bool = True,
+    subject_codes: Sequence[str] = (),
 ) -> list[Finding]:
     """Return what the gate refuses in one file that is about to be uploaded.
 
@@ -331,6 +498,9 @@ def scan_file(
         Validated with :func:`check_forbidden_strings`.
     check_dataset_columns : bool
         Refuse Parquet columns outside :data:`KNOWN_DATASET_COLUMNS`.
+    subject_codes : sequence of str
+        Subject codes refused as whole words (:func:`subject_code_forms`) everywhere except in
+        the column values of a Parquet shard, whose ``subject`` column holds them by design.
 
     Returns
     -------
@@ -342,14 +512,17 @@ def scan_file(
     if suffix in PICKLE_SUFFIXES:
         return [Finding(path, "", f"pickle-capable file type {suffix!r} (loading it runs code)")]
     if suffix == ".safetensors":
-        return _scan_safetensors(path, forbidden_strings)
+        return _scan_safetensors(path, forbidden_strings, subject_codes)
     if is_pickle_file(path):
         return [Finding(path, "", "pickle data (loading it runs code); use safetensors or JSON")]
     if suffix == ".parquet":
-        return _scan_parquet(path, forbidden_strings, check_columns=check_dataset_columns)
+        return _scan_parquet(
+            path, forbidden_strings, subject_codes, check_columns=check_dataset_columns
+        )
     data = path.read_bytes()
     if suffix in TEXT_SUFFIXES:
-        return _scan_text(path, data.decode("utf-8", errors="replace"), forbidden_strings)
+        text = data.decode("utf-8", errors="replace")
+        return _scan_text(path, text, forbidden_strings, subject_codes)
     # Binary files (images, PDFs): identifiers live in their readable runs (PNG text chunks,
     # PDF info dictionaries), as the ``strings`` tool shows them.
     findings = []
@@ -357,7 +530,9 @@ def scan_file(
         text = run.group().decode("ascii")
         findings += [
             Finding(path, f"byte {run.start() + offset}", what)
-            for offset, what in find_identifiers(text, forbidden_strings)
+            for offset, what in find_identifiers(
+                text, forbidden_strings, subject_codes=subject_codes
+            )
         ]
     return findings
 
@@ -381,6 +556,7 @@ def check_files(
     forbidden_strings: Iterable[str] | None = None,
     *,
     check_dataset_columns: bool = True,
+    subject_codes: Iterable[str] = (),
 ) -> None:
     """Scan every file and raise one :class:`PrivacyError` listing all findings.
 
@@ -393,6 +569,8 @@ def check_files(
         Identifier strings that must not be published.
     check_dataset_columns : bool
         Refuse Parquet columns outside :data:`KNOWN_DATASET_COLUMNS`.
+    subject_codes : iterable of str
+        Subject codes of the data, refused as whole words (see :func:`scan_file`).
 
     Raises
     ------
@@ -400,16 +578,19 @@ def check_files(
         Naming every file and what was found in it.
     """
     forbidden = check_forbidden_strings(forbidden_strings)
+    codes = tuple(sorted(set(subject_codes)))
     findings: list[Finding] = []
     if isinstance(paths, Mapping):
         for name, path in paths.items():
             findings += [
                 Finding(Path(path), "name in the repository", what)
-                for _, what in find_identifiers(name, forbidden)
+                for _, what in find_identifiers(name, forbidden, subject_codes=codes)
             ]
         paths = paths.values()
     for path in paths:
-        findings += scan_file(path, forbidden, check_dataset_columns=check_dataset_columns)
+        findings += scan_file(
+            path, forbidden, check_dataset_columns=check_dataset_columns, subject_codes=codes
+        )
     if findings:
         listed = "\n".join(f"  - {finding}" for finding in findings[:20])
         more = f"\n  ... and {len(findings) - 20} more" if len(findings) > 20 else ""
@@ -419,7 +600,13 @@ def check_files(
         )
 
 
-def check_text(text: str, *, source: str, forbidden_strings: Iterable[str] | None = None) -> None:
+def check_text(
+    text: str,
+    *,
+    source: str,
+    forbidden_strings: Iterable[str] | None = None,
+    subject_codes: Iterable[str] = (),
+) -> None:
     """Raise :class:`PrivacyError` if a text (a rendered card) holds an identifier.
 
     Parameters
@@ -430,10 +617,14 @@ def check_text(text: str, *, source: str, forbidden_strings: Iterable[str] | Non
         What the text is, for the error message.
     forbidden_strings : iterable of str | None
         Identifier strings that must not appear.
+    subject_codes : iterable of str
+        Subject codes of the data, refused as whole words (:func:`subject_code_forms`).
     """
     forbidden = check_forbidden_strings(forbidden_strings)
+    codes = tuple(sorted(set(subject_codes)))
     findings = [
-        f"{_line_of(text, offset)}: {what}" for offset, what in find_identifiers(text, forbidden)
+        f"{_line_of(text, offset)}: {what}"
+        for offset, what in find_identifiers(text, forbidden, subject_codes=codes)
     ]
     if findings:
         raise PrivacyError(f"{source} holds identifiers: " + "; ".join(findings[:20]))
@@ -441,7 +632,10 @@ def check_text(text: str, *, source: str, forbidden_strings: Iterable[str] | Non
 
 __all__ = [
     "KNOWN_DATASET_COLUMNS",
+    "MIN_BARE_CODE_LENGTH",
     "PICKLE_SUFFIXES",
+    "WEIGHTS",
+    "WEIGHTS_INDEX",
     "Finding",
     "PrivacyError",
     "check_files",
@@ -453,4 +647,7 @@ __all__ = [
     "refuse_pickles",
     "safetensors_header",
     "scan_file",
+    "subject_code_forms",
+    "subject_code_pattern",
+    "weight_files",
 ]

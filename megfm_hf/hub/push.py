@@ -6,8 +6,8 @@ model repository
     ``config.json``, ``model.safetensors`` (or its shards and ``model.safetensors.index.json``),
     the remote-code files named in ``config.json``'s ``auto_map`` (``configuration_megfm.py``,
     ``modeling_megfm.py``), ``preprocessor_config.json``, the card ``README.md`` (built when
-    absent), ``metrics.json``, and figures (``*.png``, ``*.svg``, ``*.pdf``, ``*.jpg`` at the top
-    level and under ``figures/``).
+    absent), a sanitised copy of ``metrics.json`` (no local paths or subject codes), and figures
+    (``*.png``, ``*.svg``, ``*.pdf``, ``*.jpg`` at the top level and under ``figures/``).
 dataset repository
     ``parquet/*.parquet`` as ``data/*.parquet`` (where the dataset card's ``configs`` look),
     ``README.md``, ``preprocessor_config.json`` and ``megfm_dataset.json``.
@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from .card import check_repo_id, write_model_card
-from .privacy import check_files, check_forbidden_strings, check_text, refuse_pickles
+from .card import METRICS_FILE, check_repo_id, load_metrics, write_model_card
+from .identifiers import subject_codes, write_sanitized_metrics
+from .privacy import (
+    WEIGHTS,
+    WEIGHTS_INDEX,
+    check_files,
+    check_forbidden_strings,
+    check_text,
+    refuse_pickles,
+    weight_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +43,6 @@ FIGURE_SUFFIXES: frozenset[str] = frozenset({".png", ".svg", ".pdf", ".jpg", ".j
 FIGURES_DIR = "figures"
 OPTIONAL_MODEL_FILES = ("preprocessor_config.json", "metrics.json")
 DATASET_FILES = ("README.md", "preprocessor_config.json", "megfm_dataset.json")
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 class ModelFolderError(ValueError):
@@ -71,6 +79,9 @@ def model_upload_files(model_dir: str | Path, *, require_card: bool = True) -> d
     ------
     ModelFolderError
         Naming every missing file (``config.json``, the weights, the remote code, the card).
+    megfm_hf.hub.privacy.PrivacyError
+        If a weight file is not safetensors, or the weight index names a file that is not
+        ``.safetensors`` or lies outside the folder (:func:`~megfm_hf.hub.privacy.weight_files`).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -88,18 +99,10 @@ def model_upload_files(model_dir: str | Path, *, require_card: bool = True) -> d
         missing.append("config.json")
         config = {}
 
-    if (model_dir / WEIGHTS).is_file():
-        files[WEIGHTS] = model_dir / WEIGHTS
-    elif (model_dir / WEIGHTS_INDEX).is_file():
-        index_path = model_dir / WEIGHTS_INDEX
-        files[WEIGHTS_INDEX] = index_path
-        weight_map = json.loads(index_path.read_text(encoding="utf-8")).get("weight_map", {})
-        for shard in sorted(set(weight_map.values())):
-            if (model_dir / shard).is_file():
-                files[shard] = model_dir / shard
-            else:
-                missing.append(f"{shard} (listed in {WEIGHTS_INDEX})")
-    else:
+    weights, missing_shards = weight_files(model_dir)
+    files.update(weights)
+    missing += [f"{shard} (listed in {WEIGHTS_INDEX})" for shard in missing_shards]
+    if not weights:
         missing.append(f"{WEIGHTS} (the weights; save with model.save_pretrained)")
 
     for name in _remote_code_files(config):
@@ -187,6 +190,7 @@ def push_model(
     commit_message: str = "Upload megfm model",
     forbidden_strings: Iterable[str] | None = None,
     api: HfApi | None = None,
+    eval_dataset_repo_id: str | None = None,
 ) -> str:
     """Upload a saved model, its card and optionally its dataset to the Hub.
 
@@ -209,10 +213,22 @@ def push_model(
     commit_message : str
         Message of the model commit.
     forbidden_strings : iterable of str | None
-        Names, subject codes, hospital IDs that must appear in no uploaded file.
+        Names, subject codes, hospital IDs that must appear in no uploaded file. The subject
+        codes of the data (``split.json``, the dataset's ``subject`` column, the metrics; see
+        :func:`~megfm_hf.hub.identifiers.subject_codes`) are refused as well, as whole words, in
+        every file but the remote code and the dataset's ``subject`` column.
     api : huggingface_hub.HfApi | None
         Client to use (for example with another ``endpoint``); ``HfApi(token=token)`` when
         ``None``.
+    eval_dataset_repo_id : str | None
+        Hub id of the data ``metrics.json`` was computed on, for the card's ``model-index``
+        (see :func:`~megfm_hf.hub.card.build_model_card`).
+
+    Notes
+    -----
+    ``metrics.json`` is uploaded as a sanitised copy
+    (:func:`~megfm_hf.hub.identifiers.sanitize_metrics`: local paths reduced to their final
+    component, subject codes replaced by ordinal labels); the local file is left as it is.
 
     Returns
     -------
@@ -238,6 +254,8 @@ def push_model(
         )
     if dataset_repo_id is not None:
         check_repo_id(dataset_repo_id, argument="dataset_repo_id")
+    if eval_dataset_repo_id is not None:
+        check_repo_id(eval_dataset_repo_id, argument="eval_dataset_repo_id")
     if not commit_message or not commit_message.strip():
         raise ValueError("commit_message is empty; the Hub needs a commit message")
     forbidden = check_forbidden_strings(forbidden_strings)
@@ -252,40 +270,65 @@ def push_model(
         dataset_dir = Path(dataset_dir)
         dataset_files = dataset_upload_files(dataset_dir)
         refuse_pickles(dataset_dir, "dataset folder")
-        check_files(dataset_files, forbidden)
-    check_files(model_files, forbidden)
-    if "README.md" not in model_files:
-        card = write_model_card(
-            model_dir,
-            repo_id=repo_id,
-            dataset_summary=dataset_dir,
-            dataset_repo_id=dataset_repo_id,
-            forbidden_strings=forbidden,
-        )
-        check_files({"README.md": card}, forbidden)
-        model_files["README.md"] = card
+    metrics = load_metrics(None, model_dir)
+    codes = subject_codes(model_dir, dataset_dir=dataset_dir, metrics=metrics)
+    with tempfile.TemporaryDirectory(prefix="megfm-push-sanitized-") as staging:
+        if METRICS_FILE in model_files:
+            # the local metrics.json names folders and subjects: a sanitised copy travels
+            model_files[METRICS_FILE] = write_sanitized_metrics(metrics, staging, codes)
+        if dataset_files:
+            check_files(dataset_files, forbidden, subject_codes=codes)
+        _check_model_files(model_files, forbidden, codes)
+        if "README.md" not in model_files:
+            card = write_model_card(
+                model_dir,
+                repo_id=repo_id,
+                dataset_summary=dataset_dir,
+                dataset_repo_id=dataset_repo_id,
+                eval_dataset_repo_id=eval_dataset_repo_id,
+                forbidden_strings=forbidden,
+                subject_codes=codes,
+            )
+            check_files({"README.md": card}, forbidden, subject_codes=codes)
+            model_files["README.md"] = card
 
-    api = api if api is not None else HfApi(token=token)
-    if dataset_files:
-        api.create_repo(
-            dataset_repo_id, repo_type="dataset", private=private, exist_ok=True, token=token
-        )
-        dataset_commit = api.create_commit(
-            dataset_repo_id,
-            operations=_operations(dataset_files),
-            commit_message="Upload MEG windows",
-            repo_type="dataset",
+        api = api if api is not None else HfApi(token=token)
+        if dataset_files:
+            api.create_repo(
+                dataset_repo_id, repo_type="dataset", private=private, exist_ok=True, token=token
+            )
+            dataset_commit = api.create_commit(
+                dataset_repo_id,
+                operations=_operations(dataset_files),
+                commit_message="Upload MEG windows",
+                repo_type="dataset",
+                token=token,
+            )
+            logger.info(
+                "dataset: %d files committed, %s", len(dataset_files), dataset_commit.commit_url
+            )
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        commit = api.create_commit(
+            repo_id,
+            operations=_operations(model_files),
+            commit_message=commit_message,
             token=token,
         )
-        logger.info(
-            "dataset: %d files committed, %s", len(dataset_files), dataset_commit.commit_url
-        )
-    api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-    commit = api.create_commit(
-        repo_id, operations=_operations(model_files), commit_message=commit_message, token=token
-    )
     logger.info("model: %d files committed, %s", len(model_files), commit.commit_url)
     return str(commit.commit_url)
+
+
+def _check_model_files(
+    files: dict[str, Path], forbidden: tuple[str, ...], codes: tuple[str, ...]
+) -> None:
+    """Run the gate on a model's files; subject codes are refused in all but the remote code.
+
+    The remote code (``*.py``) is the package's own source, never written from the data, and a
+    short code may be a word of it ("sample"); the caller's forbidden strings still apply to it.
+    """
+    code = {name: path for name, path in files.items() if name.endswith(".py")}
+    check_files(code, forbidden)
+    check_files({n: p for n, p in files.items() if n not in code}, forbidden, subject_codes=codes)
 
 
 def read_forbidden_strings(path: str | Path) -> list[str]:
