@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from megfm_hf.data.testing import make_raw, write_raw
 from megfm_hf.modeling.configuration_megfm import MEGConfig
 from megfm_hf.modeling.modeling_megfm import MEGForMaskedSignalModeling
 from megfm_hf.training import (
+    CheckpointError,
     MEGDataCollator,
     TrainingDataError,
     WindowRows,
@@ -334,18 +336,32 @@ def test_sensor_grouped_sampler_mixes_counts_only_in_its_leftovers():
     from megfm_hf.training.sampling import SensorGroupedSampler
 
     counts = [306] * 10 + [275] * 7 + [157] * 9  # leftovers: 2, 3 and 1 windows
-    sampler = SensorGroupedSampler(counts, 4, generator=torch.Generator().manual_seed(0))
+    sampler = SensorGroupedSampler(counts, 4, seed=0)
     order = list(sampler)
     assert sorted(order) == list(range(len(counts))) and len(sampler) == len(counts)
     groups = [[counts[i] for i in order[start : start + 4]] for start in range(0, len(order), 4)]
     assert sum(len(set(group)) > 1 for group in groups) <= 2
     assert all(len(set(group)) == 1 for group in groups[:5])  # the whole groups come first
-    # Seeded: the same order again; another epoch (the generator moved on) another order.
-    again = list(SensorGroupedSampler(counts, 4, generator=torch.Generator().manual_seed(0)))
-    assert again == order
-    assert list(sampler) != order
     with pytest.raises(ValueError, match="group_size must be at least 1"):
         SensorGroupedSampler(counts, 0)
+
+
+def test_sensor_grouped_sampler_orders_each_epoch_from_its_seed_alone():
+    from megfm_hf.training.sampling import SensorGroupedSampler
+
+    counts = [306] * 10 + [275] * 7 + [157] * 9
+    sampler = SensorGroupedSampler(counts, 4, seed=3)
+    first = list(sampler)
+    torch.manual_seed(1234)  # the global random state plays no part
+    assert list(sampler) == first == list(SensorGroupedSampler(counts, 4, seed=3))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == sorted(first)
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert list(SensorGroupedSampler(counts, 4, seed=4)) != first
+    with pytest.raises(ValueError, match="seed must be non-negative"):
+        SensorGroupedSampler(counts, 4, seed=-1)
 
 
 def test_group_by_length_batches_windows_of_one_sensor_array(tiny_windows, tmp_path):
@@ -446,6 +462,63 @@ def test_data_loader_workers_share_the_streamed_shards(tiny_dataset, tiny_window
     # Each window once: their first samples are all different.
     firsts = torch.cat([batch["input_values"][:, 0, 0] for batch in batches])
     assert len(set(firsts.tolist())) == len(tiny_windows)
+
+
+def test_streamed_windows_carry_their_position_in_the_shards(tiny_dataset, tiny_windows):
+    from megfm_hf.training.streaming import index_shards, stream_windows
+
+    shards = [shard.path for shard in index_shards(tiny_dataset)]
+    in_order = list(stream_windows(shards, buffer_size=None))
+    assert [row[WINDOW_INDEX] for row in in_order] == list(range(len(tiny_windows)))
+    index_of = {_window_key(row): row[WINDOW_INDEX] for row in in_order}
+    for epoch in (0, 1):  # the same index in every order
+        stream = stream_windows(shards, buffer_size=16, seed=0)
+        stream.set_epoch(epoch)
+        rows = list(stream)
+        assert [row[WINDOW_INDEX] for row in rows] != list(range(len(rows)))
+        assert all(row[WINDOW_INDEX] == index_of[_window_key(row)] for row in rows)
+    # So the mask of a batch depends on its windows alone, as for the Arrow dataset's rows.
+    collator = MEGDataCollator(_tiny_config(), draw_mask=True)
+    mask = collator(in_order[:BATCH])["mask"]
+    collator(in_order[BATCH : 2 * BATCH])
+    assert torch.equal(collator(in_order[:BATCH])["mask"], mask)
+
+
+def test_repeated_stream_reshuffles_every_pass_and_never_ends(tiny_dataset, tiny_windows):
+    from megfm_hf.training.streaming import RepeatedStream, index_shards
+
+    shards = [shard.path for shard in index_shards(tiny_dataset)]
+    n = len(tiny_windows)
+    rows = iter(RepeatedStream(shards, buffer_size=16, seed=0))
+    passes = [[_window_key(next(rows)) for _ in range(n)] for _ in range(3)]
+    assert all(sorted(keys) == sorted(passes[0]) and len(set(keys)) == n for keys in passes)
+    assert passes[0] != passes[1] != passes[2]
+    again = iter(RepeatedStream(shards, buffer_size=16, seed=0))
+    assert [_window_key(next(again)) for _ in range(3 * n)] == sum(passes, [])
+    with pytest.raises(TrainingDataError, match="no shards to stream"):
+        RepeatedStream([])
+
+
+def test_evaluating_streamed_windows_changes_neither_training_nor_evaluation_masks(
+    tiny_dataset, tiny_windows, tmp_path
+):
+    from megfm_hf.training.streaming import index_shards, stream_windows
+
+    # Evaluation in the middle of a streamed run leaves its training losses as they were.
+    options = {"config": TINY_MODEL, "max_steps": 6, "batch_size": BATCH, "streaming": True}
+    options |= {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
+    plain = pretrain(tiny_dataset, tmp_path / "plain", **options)
+    evaluated = pretrain(
+        tiny_dataset, tmp_path / "evaluated", eval_strategy="steps", eval_steps=2, **options
+    )
+    losses = [_losses_by_step(model_dir.parent) for model_dir in (plain, evaluated)]
+    assert len(losses[0]) == 6 and losses[1] == losses[0]
+    # Evaluating twice hides the same tokens: the same loss.
+    shards = [shard.path for shard in index_shards(tiny_dataset)]
+    trainer = _trainer(tiny_windows, tmp_path / "trainer", "random")
+    held_out = stream_windows(shards, buffer_size=None)
+    first = trainer.evaluate(held_out)["eval_loss"]
+    assert trainer.evaluate(held_out)["eval_loss"] == first
 
 
 class StepCounter(TrainerCallback):
@@ -592,6 +665,37 @@ def test_pretraining_a_model_at_another_rate_stops_before_training(tiny_dataset,
     with pytest.raises(ValueError, match=r"sfreq=100.0 Hz.*sampling_rate=200.0 Hz"):
         pretrain(tiny_dataset, run, model_name_or_path=other, max_steps=2, batch_size=4)
     assert not list(run.glob("checkpoint-*")) and not (run / "model").exists()
+
+
+def test_pretraining_builds_the_model_from_every_field_of_the_given_config(
+    tiny_dataset, tmp_path, caplog
+):
+    extra = {"mlp_ratio": 2.0, "hidden_dropout_prob": 0.1, "max_patches": 32, "hidden_act": "silu"}
+    # At another rate and patch length than the dataset's.
+    config = MEGConfig(**TINY_MODEL, **extra, pooling="max", sampling_rate=250.0, patch_length=25)
+    options = {"max_steps": 1, "batch_size": BATCH, "save_strategy": "no", "disable_tqdm": True}
+    with caplog.at_level("WARNING", logger="megfm_hf.training.pretrain"):
+        model_dir = pretrain(tiny_dataset, tmp_path / "run", config=config, **options)
+    assert "sampling_rate=100.0, patch_length=10" in caplog.text
+    assert "sampling_rate=250.0, patch_length=25 replaced" in caplog.text
+    saved = MEGConfig.from_pretrained(model_dir)
+    expected = {**config.to_dict(), "sampling_rate": 100.0, "patch_length": 10}
+    for name in ("mlp_ratio", "hidden_dropout_prob", "max_patches", "hidden_act", "pooling"):
+        assert getattr(saved, name) == expected[name], name
+    assert (saved.sampling_rate, saved.patch_length) == (100.0, 10)
+    assert (config.sampling_rate, config.patch_length) == (250.0, 25)  # the caller's, untouched
+    arguments = json.loads((model_dir / "training_args.json").read_text())["pretraining"]
+    assert arguments["hidden_size"] == TINY_MODEL["hidden_size"]
+
+    # A dict keeps every field too, and names a misspelt one instead of ignoring it.
+    model_dir = pretrain(
+        tiny_dataset, tmp_path / "dict", config={**TINY_MODEL, "mlp_ratio": 3.0}, **options
+    )
+    assert MEGConfig.from_pretrained(model_dir).mlp_ratio == 3.0
+    with pytest.raises(ValueError, match=r"MEGConfig does not have: \['mlp_ration'\]"):
+        pretrain(tiny_dataset, tmp_path / "typo", config={"mlp_ration": 2.0}, **options)
+    with pytest.raises(ValueError, match="either a config .* or model_name_or_path"):
+        pretrain(tiny_dataset, tmp_path / "both", config=config, model_name_or_path=model_dir)
 
 
 def test_empty_dataset_stops_before_training(tiny_dataset, tiny_windows, tmp_path):
@@ -810,6 +914,88 @@ def _logged_losses(run: Path) -> list[float]:
     return [entry["loss"] for entry in _final_state(run)["log_history"] if "loss" in entry]
 
 
+def _losses_by_step(run: Path) -> dict[int, float]:
+    """The training loss logged at every optimiser step."""
+    return {
+        entry["step"]: entry["loss"]
+        for entry in _final_state(run)["log_history"]
+        if "loss" in entry
+    }
+
+
+#: 12 steps of 4 windows: two passes over the 24 training windows, a checkpoint every 3 steps.
+RESUME_RUN = {"config": TINY_MODEL, "max_steps": 12, "batch_size": BATCH, "save_steps": 3}
+RESUME_RUN |= {"save_total_limit": None, "logging_steps": 1, "disable_tqdm": True}
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["arrow", "streamed"])
+def test_resuming_mid_way_through_the_second_pass_repeats_the_uninterrupted_run(
+    tiny_dataset, tmp_path, streaming
+):
+    uninterrupted = tmp_path / "uninterrupted"
+    pretrain(tiny_dataset, uninterrupted, streaming=streaming, **RESUME_RUN)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    # Step 9: half-way through the second pass (6 steps per pass over the training windows).
+    shutil.copytree(uninterrupted / "checkpoint-9", resumed / "checkpoint-9")
+    counter = StepCounter()
+    pretrain(
+        tiny_dataset, resumed, streaming=streaming, resume=True, callbacks=[counter], **RESUME_RUN
+    )
+    assert counter.steps == 3
+    expected, losses = _losses_by_step(uninterrupted), _losses_by_step(resumed)
+    assert sorted(losses) == sorted(expected) == list(range(1, 13))
+    assert [losses[step] for step in (10, 11, 12)] == [expected[step] for step in (10, 11, 12)]
+
+
+class SimulatedKill(Exception):
+    """Stands for a kill of the training process at the moment it is raised."""
+
+
+def test_a_kill_while_old_checkpoints_are_deleted_leaves_a_complete_one(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    options = {**RESUME_RUN, "max_steps": 6, "save_steps": 2, "save_total_limit": 1}
+    rmtree = shutil.rmtree
+
+    def kill_after_deleting_a_checkpoint(path, *args, **kwargs):
+        rmtree(path, *args, **kwargs)
+        if Path(path).parent == run and Path(path).name.startswith("checkpoint-"):
+            raise SimulatedKill(path)
+
+    monkeypatch.setattr(shutil, "rmtree", kill_after_deleting_a_checkpoint)
+    with pytest.raises(SimulatedKill, match="checkpoint-2"):
+        pretrain(tiny_dataset, run, **options)
+    monkeypatch.undo()
+    # checkpoint-4 was marked complete before checkpoint-2 went.
+    assert [path.name for path in run.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert last_complete_checkpoint(run) == run / "checkpoint-4"
+    assert json.loads((run / "checkpoint-4" / COMPLETE_MARKER).read_text())["global_step"] == 4
+    counter = StepCounter()
+    pretrain(tiny_dataset, run, resume=True, callbacks=[counter], **options)
+    assert counter.steps == 2 and _final_state(run)["global_step"] == 6
+
+
+def test_resuming_without_a_complete_checkpoint_stops_and_says_so(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    half_written = run / "checkpoint-2"
+    half_written.mkdir(parents=True)
+    (half_written / "model.safetensors").write_bytes(b"")
+    options = {**RESUME_RUN, "max_steps": 2}
+    with pytest.raises(CheckpointError, match=r"holds 1 checkpoint\(s\) but none was written"):
+        pretrain(tiny_dataset, run, resume=True, **options)
+    (moved,) = run.glob("incomplete-checkpoint-2-*")
+    assert (moved / "model.safetensors").is_file() and not (run / "model").exists()
+    with pytest.raises(CheckpointError, match="Run without --resume"):  # still nothing to resume
+        pretrain(tiny_dataset, run, resume=True, **options)
+    # Without resume it trains from the first step; an empty folder resumes from nothing.
+    pretrain(tiny_dataset, run, **options)
+    assert _final_state(run)["global_step"] == 2
+    pretrain(tiny_dataset, tmp_path / "new", resume=True, **options)
+    assert _final_state(tmp_path / "new")["global_step"] == 2
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_between_checkpoints(tiny_dataset, tmp_path):
     run = tmp_path / "run"
@@ -898,7 +1084,7 @@ def test_two_process_pretraining_on_cpu(tiny_dataset, tmp_path):
     steps = 6
     arguments = _arguments(tiny_dataset, run, "--use_cpu", "true")
     arguments[arguments.index("--max_steps") + 1] = str(steps)
-    arguments[arguments.index("--save_steps") + 1] = "3"
+    arguments[arguments.index("--save_steps") + 1] = "2"
     result = _torchrun(arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [path.name for path in run.iterdir() if not path.name.startswith("checkpoint-")] == [
@@ -912,9 +1098,19 @@ def test_two_process_pretraining_on_cpu(tiny_dataset, tmp_path):
     assert state["global_step"] == steps
     assert state["epoch"] == pytest.approx(steps * BATCH * 2 / 24)
     # Each process saved its own RNG state into the (complete) checkpoints.
-    for checkpoint in ("checkpoint-3", "checkpoint-6"):
+    for checkpoint in ("checkpoint-4", "checkpoint-6"):  # save_total_limit=2
         files = {path.name for path in (run / checkpoint).iterdir()}
         assert {"rng_state_0.pth", "rng_state_1.pth", COMPLETE_MARKER} <= files
+
+    # Resumed after the first step of the second epoch (3 steps each), it logs the same losses.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(run / "checkpoint-4", resumed / "checkpoint-4")
+    arguments[arguments.index("--output_dir") + 1] = str(resumed)
+    result = _torchrun([*arguments, "--resume", "true"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _logged_steps(result.stdout + result.stderr) == 2
+    assert _logged_losses(resumed) == _logged_losses(run)
 
 
 @pytest.mark.slow

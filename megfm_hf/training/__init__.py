@@ -1,6 +1,6 @@
 """Pretraining and fine-tuning with the transformers ``Trainer`` (and so ``accelerate``)."""
 
-from .checkpoints import CheckpointCompletionCallback, last_complete_checkpoint
+from .checkpoints import CheckpointError, last_complete_checkpoint
 from .collator import MEGDataCollator
 from .data import (
     SubjectSplit,
@@ -18,7 +18,7 @@ from .streaming import index_shards, stream_windows
 from .trainer import MEGTrainer
 
 __all__ = [
-    "CheckpointCompletionCallback",
+    "CheckpointError",
     "MEGDataCollator",
     "MEGTrainer",
     "PretrainingArguments",

@@ -15,8 +15,9 @@ from ..modeling.modeling_megfm import compute_signal_mask
 MODEL_INPUTS = ("input_values", "sensor_positions", "sensor_types", "sensor_mask")
 
 #: Row key naming a window's position in its dataset (set by
-#: :class:`~megfm_hf.training.WindowRows`). Batches whose rows all carry it draw their mask from
-#: a seed of these positions, not from the collator's running stream.
+#: :class:`~megfm_hf.training.WindowRows` and :func:`~megfm_hf.training.stream_windows`).
+#: Batches whose rows all carry it draw their mask from a seed of these positions, not from the
+#: collator's running stream.
 WINDOW_INDEX = "window_index"
 
 
@@ -25,6 +26,22 @@ def _as_array(value: Any, dtype: type | None) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=dtype)
+
+
+def _check_sensor_counts(
+    index: int, row: Mapping[str, Any], signal: np.ndarray, sensor_info: Mapping[str, np.ndarray]
+) -> None:
+    """Raise unless a row's sensor arrays describe as many sensors as its signal has."""
+    n = signal.shape[0]
+    expected = {"sensor_positions": (n, 6), "sensor_types": (n,), "sensor_mask": (n,)}
+    for name, value in sensor_info.items():
+        if value.shape != expected[name]:
+            window = row.get(WINDOW_INDEX)
+            where = f"row {index} of the batch" + ("" if window is None else f" (window {window})")
+            raise ValueError(
+                f"{where}: {name} has shape {value.shape} but input_values has shape "
+                f"{signal.shape}; expected {name} of shape {expected[name]}, one entry per sensor."
+            )
 
 
 @dataclass
@@ -37,15 +54,16 @@ class MEGDataCollator:
     collator also draws the reconstruction mask with the model's ratios, reproducibly:
 
     - rows that carry their position in the dataset (``window_index``, as
-      :class:`~megfm_hf.training.WindowRows` delivers them, and so every ``Trainer`` run on a
-      window dataset) get the mask drawn from a seed of ``seed`` and those positions. The mask
+      :class:`~megfm_hf.training.WindowRows` and :func:`~megfm_hf.training.stream_windows`
+      deliver them, and so every ``Trainer`` run on a window dataset, streamed or not) get the
+      mask drawn from a seed of ``seed`` and those positions. The mask
       of a batch then depends on nothing but which windows it holds, in which order: not on
       data-loader workers, on how many batches came before, or on whether the run was resumed
       from a checkpoint (the ``Trainer`` skips the batches already trained on without
       collating them, which would restart a running stream). Evaluation, in dataset order,
       hides the same tokens every time, so its losses compare across checkpoints;
-    - other rows (a stream, a plain list) take the next masks of the collator's own seeded
-      stream; each data-loader worker derives its own.
+    - other rows (a plain list, a stream of other rows) take the next masks of the collator's
+      own seeded stream; each data-loader worker derives its own.
 
     Parameters
     ----------
@@ -123,13 +141,17 @@ class MEGDataCollator:
         values, positions, types, valid = (batch[name].numpy() for name in MODEL_INPUTS)
         for index, (row, signal) in enumerate(zip(rows, signals, strict=True)):
             count = signal.shape[0]
-            values[index, :count] = signal
-            positions[index, :count] = _as_array(row["sensor_positions"], np.float32)
-            types[index, :count] = _as_array(row["sensor_types"], np.int64)
+            sensor_info = {
+                "sensor_positions": _as_array(row["sensor_positions"], np.float32),
+                "sensor_types": _as_array(row["sensor_types"], np.int64),
+            }
             if row.get("sensor_mask") is not None:
-                valid[index, :count] = _as_array(row["sensor_mask"], bool)
-            else:
-                valid[index, :count] = True
+                sensor_info["sensor_mask"] = _as_array(row["sensor_mask"], bool)
+            _check_sensor_counts(index, row, signal, sensor_info)
+            values[index, :count] = signal
+            positions[index, :count] = sensor_info["sensor_positions"]
+            types[index, :count] = sensor_info["sensor_types"]
+            valid[index, :count] = sensor_info.get("sensor_mask", True)
         # Bad sensors may hold anything; the model ignores them, zeros keep the batch finite.
         batch["input_values"].masked_fill_(~batch["sensor_mask"][:, :, None], 0.0)
 

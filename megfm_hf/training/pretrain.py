@@ -7,8 +7,9 @@ runs on ``accelerate``, so the same code trains on one CPU, one GPU (bf16) or ma
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from .data import (
     subject_labels,
 )
 from .export import export_model, load_dataset_processor
-from .sampling import SensorGroupedStream, step_windows
-from .streaming import index_shards, shard_subject_labels, stream_windows
+from .sampling import SensorGroupedStream, data_seed, step_windows
+from .streaming import RepeatedStream, index_shards, shard_subject_labels, stream_windows
 from .trainer import (
     LOADER_DEFAULTS,
     build_trainer,
@@ -134,14 +135,70 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 
 
+def new_model_config(config: MEGConfig | Mapping[str, Any]) -> MEGConfig:
+    """A new model's configuration from a ``MEGConfig`` (copied) or a mapping of its fields.
+
+    Raises
+    ------
+    TypeError
+        When ``config`` is neither.
+    ValueError
+        When the mapping names a field ``MEGConfig`` does not have (a misspelt field would
+        otherwise be stored and ignored).
+    """
+    if isinstance(config, MEGConfig):
+        return copy.deepcopy(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"config must be a MEGConfig or a dict of its fields, got {type(config).__name__}."
+        )
+    known = MEGConfig().to_dict()
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(
+            f"config names fields MEGConfig does not have: {unknown}; its fields are "
+            f"{sorted(known)}."
+        )
+    return MEGConfig(**config)
+
+
+def at_dataset_rate(config: MEGConfig, processor: MEGProcessor) -> MEGConfig:
+    """A copy of ``config`` at the rate and patch length of the dataset's ``processor``.
+
+    The windows dictate both, so they replace the configuration's values; a warning names
+    every value replaced. Every other field is kept.
+    """
+    dictated = {"sampling_rate": float(processor.sfreq), "patch_length": processor.patch_length}
+    replaced = {
+        name: getattr(config, name)
+        for name, value in dictated.items()
+        if getattr(config, name) != value
+    }
+    if replaced:
+        logger.warning(
+            "the dataset's windows set %s; the given config's %s replaced",
+            ", ".join(f"{name}={dictated[name]}" for name in replaced),
+            ", ".join(f"{name}={old}" for name, old in replaced.items()),
+        )
+    config = copy.deepcopy(config)
+    for name, value in dictated.items():
+        setattr(config, name, value)
+    config.validate()
+    return config
+
+
 def run_pretraining(
     args: PretrainingArguments,
     training_args: TrainingArguments,
     callbacks: Sequence[TrainerCallback] = (),
+    config: MEGConfig | None = None,
 ) -> Path:
     """Pretrain a masked-signal model and export it.
 
-    ``callbacks`` are handed to the ``Trainer`` (logging, early stopping, timing).
+    ``callbacks`` are handed to the ``Trainer`` (logging, early stopping, timing). A new model
+    is built from ``config`` when given, every field kept but the sampling rate and patch
+    length, which the dataset sets (:func:`at_dataset_rate`); otherwise from the architecture
+    fields of ``args``.
 
     Returns
     -------
@@ -154,10 +211,18 @@ def run_pretraining(
     processor = load_dataset_processor(args.dataset)
     seed_run(training_args)
     if args.model_name_or_path:
+        if config is not None:
+            raise ValueError(
+                "give either a config (a new model) or model_name_or_path (continue pretraining "
+                f"{args.model_name_or_path}), not both."
+            )
         model = MEGForMaskedSignalModeling.from_pretrained(args.model_name_or_path)
+    elif config is not None:
+        model = MEGForMaskedSignalModeling(at_dataset_rate(config, processor))
     else:
-        config = args.model_config(processor.sfreq, processor.patch_length)
-        model = MEGForMaskedSignalModeling(config)
+        model = MEGForMaskedSignalModeling(
+            args.model_config(processor.sfreq, processor.patch_length)
+        )
     processor.check_model_config(model.config)
     check_distributed_launch(training_args)
     if args.streaming:
@@ -222,7 +287,10 @@ def _streamed_split(
         len(sides["test"]),
         len(split.test),
     )
-    train = stream_windows(sides["train"], buffer_size=args.shuffle_buffer, seed=training_args.seed)
+    # Repeated inside the stream: a resumed run then skips to where the uninterrupted run was.
+    train = RepeatedStream(
+        sides["train"], buffer_size=args.shuffle_buffer, seed=data_seed(training_args)
+    )
     if training_args.train_sampling_strategy == "group_by_length":
         train = SensorGroupedStream(train, step_windows(training_args))
     held_out = None
@@ -254,9 +322,13 @@ def pretrain(
     dataset_dir, output_dir : str | Path
         The dataset folder and the run folder (checkpoints, then ``model/``).
     config : MEGConfig | dict, optional
-        A full configuration, or overrides of the ``PretrainingArguments`` architecture fields.
+        The new model's configuration, or a dict of ``MEGConfig`` fields (the others at their
+        defaults). Every field is kept except ``sampling_rate`` and ``patch_length``, which
+        the dataset's windows set (a warning names any value replaced); without it, the
+        ``PretrainingArguments`` defaults.
     model_name_or_path : str | Path, optional
-        Continue pretraining this model folder or Hub id instead of a new model.
+        Continue pretraining this model folder or Hub id instead of a new model (not with
+        ``config``).
     max_steps, batch_size, learning_rate : int, int, float
         Optimiser steps, windows per step (per device) and peak learning rate.
     test_fraction, seed : float, int
@@ -271,7 +343,11 @@ def pretrain(
     **training_options
         Further ``TrainingArguments`` (e.g. ``save_steps``, ``bf16``).
     """
-    overrides = config.to_dict() if isinstance(config, MEGConfig) else dict(config or {})
+    model_config = None if config is None else new_model_config(config)
+    # Recorded with the exported model, so they name the architecture it was built with.
+    architecture = {
+        name: getattr(model_config, name) for name in ARCHITECTURE_FIELDS if model_config
+    }
     arguments = PretrainingArguments(
         dataset=str(dataset_dir),
         model_name_or_path=str(model_name_or_path) if model_name_or_path else None,
@@ -280,7 +356,7 @@ def pretrain(
         mask_seed=seed,
         resume=resume,
         streaming=streaming,
-        **{k: v for k, v in overrides.items() if k in ARCHITECTURE_FIELDS},
+        **architecture,
     )
     options = {
         **TRAINING_DEFAULTS,
@@ -294,7 +370,7 @@ def pretrain(
         "seed": seed,
         **training_options,
     }
-    return run_pretraining(arguments, TrainingArguments(**options), callbacks)
+    return run_pretraining(arguments, TrainingArguments(**options), callbacks, model_config)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:

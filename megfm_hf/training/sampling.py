@@ -14,7 +14,6 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow.compute as pc
-import torch
 from torch.utils.data import IterableDataset, Sampler
 from transformers import TrainingArguments
 
@@ -47,6 +46,12 @@ def step_windows(args: TrainingArguments) -> int:
     return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
+def data_seed(args: TrainingArguments) -> int:
+    """Seed of the training order: ``args.data_seed``, or ``args.seed`` when it is not set
+    (as the ``Trainer`` seeds its own samplers)."""
+    return args.seed if args.data_seed is None else args.data_seed
+
+
 class SensorGroupedSampler(Sampler[int]):
     """Random window order in which every group of ``group_size`` windows shares a sensor count.
 
@@ -63,28 +68,38 @@ class SensorGroupedSampler(Sampler[int]):
     group_size : int
         Windows per group: the batch of one optimiser step over all processes and accumulation
         steps, so that every process of a step pads to the same count.
-    generator : torch.Generator, optional
-        Source of the shuffle; torch's global generator (seeded by the ``Trainer``) when omitted.
+    seed : int
+        Non-negative seed of the order (the ``Trainer`` passes ``data_seed`` or ``seed``).
+
+    Notes
+    -----
+    The order of an epoch depends on ``seed`` and the epoch alone (:meth:`set_epoch`, which
+    the ``Trainer`` calls before every epoch), never on a global random state: a run resumed
+    in the middle of an epoch, which the ``Trainer`` only restores after it has drawn the
+    epoch's order, sees the order of the uninterrupted run.
     """
 
-    def __init__(
-        self,
-        sensor_counts: Sequence[int],
-        group_size: int,
-        generator: torch.Generator | None = None,
-    ):
+    def __init__(self, sensor_counts: Sequence[int], group_size: int, seed: int = 0):
         if group_size < 1:
             raise ValueError(f"group_size must be at least 1, got {group_size}.")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}.")
         self.sensor_counts = np.asarray(sensor_counts, dtype=np.int64)
         self.group_size = group_size
-        self.generator = generator
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch`` (counted from 0) on the next iteration."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}.")
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.sensor_counts)
 
     def __iter__(self) -> Iterator[int]:
-        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator).item())
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng([self.seed, self.epoch])
         groups: list[np.ndarray] = []
         leftovers: list[np.ndarray] = []
         for count in np.unique(self.sensor_counts)[::-1]:

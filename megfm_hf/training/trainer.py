@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,16 +21,23 @@ from transformers import (
     enable_full_determinism,
     set_seed,
 )
-from transformers.trainer_utils import TrainOutput, has_length
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    TrainOutput,
+    has_length,
+    rotate_checkpoints,
+)
 
 from .checkpoints import (
-    CheckpointCompletionCallback,
+    CheckpointError,
     discard_incomplete_checkpoints,
+    discarded_checkpoints,
     last_complete_checkpoint,
+    mark_checkpoint_complete,
 )
 from .collator import WINDOW_INDEX
 from .rows import WindowRows
-from .sampling import SensorGroupedSampler, step_windows
+from .sampling import SensorGroupedSampler, data_seed, step_windows
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,23 @@ LOADER_DEFAULTS: dict[str, Any] = {
     "dataloader_num_workers": min(4, (os.cpu_count() or 1) - 1) if torch.cuda.is_available() else 0,
     "dataloader_pin_memory": torch.cuda.is_available(),
 }
+
+
+class SamplerEpochCallback(TrainerCallback):
+    """Hands the number of each epoch the ``Trainer`` begins to a :class:`SensorGroupedSampler`.
+
+    accelerate forwards the ``Trainer``'s ``set_epoch`` to the sampler, except in a run of
+    several processes resumed in the middle of an epoch: there the sampler sits below the batch
+    sampler that skips the batches already trained on, out of its reach. The epoch is read
+    from the ``Trainer``'s state: whole epochs done, plus the fraction of the current one.
+    """
+
+    def __init__(self) -> None:
+        self.sampler: SensorGroupedSampler | None = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.sampler is not None:
+            self.sampler.set_epoch(math.floor(state.epoch or 0))
 
 
 def window_rows(dataset: Any) -> Any:
@@ -71,6 +96,10 @@ class MEGTrainer(Trainer):
     Each row keeps its ``window_index`` through the ``Trainer``'s removal of columns the model
     does not take, so that the collator can seed the batch's mask from it (see
     :class:`~megfm_hf.training.MEGDataCollator`).
+
+    Every checkpoint is synced to disk and marked complete before the ``Trainer`` deletes
+    older ones (``save_total_limit``), so that a run killed at any moment leaves a complete
+    checkpoint to resume from (see :mod:`~megfm_hf.training.checkpoints`).
     """
 
     def __init__(self, *args, **kwargs):
@@ -78,6 +107,8 @@ class MEGTrainer(Trainer):
             if name in kwargs:
                 kwargs[name] = window_rows(kwargs[name])
         super().__init__(*args, **kwargs)
+        self.sampler_epoch = SamplerEpochCallback()
+        self.add_callback(self.sampler_epoch)
 
     def evaluate(self, eval_dataset: Any = None, *args, **kwargs) -> dict[str, float]:
         return super().evaluate(window_rows(eval_dataset), *args, **kwargs)
@@ -97,7 +128,11 @@ class MEGTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(
             dataset, WindowRows
         ):
-            return SensorGroupedSampler(dataset.sensor_counts(), step_windows(self.args))
+            sampler = SensorGroupedSampler(
+                dataset.sensor_counts(), step_windows(self.args), data_seed(self.args)
+            )
+            self.sampler_epoch.sampler = sampler
+            return sampler
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset: datasets.Dataset) -> Sampler | None:
@@ -105,6 +140,28 @@ class MEGTrainer(Trainer):
             return None
         # Several processes: accelerate shards the dataset in order itself.
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        # The Trainer deletes old checkpoints at the end of its save, before any callback
+        # runs: hold the deletion back until the new checkpoint is marked complete.
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        # Every process writes part of a checkpoint (its own RNG state at least).
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            mark_checkpoint_complete(folder, self.state.global_step)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
 
 class ClassWeightedTrainer(MEGTrainer):
@@ -162,18 +219,19 @@ def build_trainer(
     train_dataset: datasets.Dataset,
     eval_dataset: datasets.Dataset | None,
     data_collator: Callable,
-    trainer_class: type[Trainer] = MEGTrainer,
+    trainer_class: type[MEGTrainer] = MEGTrainer,
     callbacks: Sequence[TrainerCallback] = (),
     **kwargs,
-) -> Trainer:
-    """A ``Trainer`` with crash-safe checkpoint marking, then ``callbacks``."""
+) -> MEGTrainer:
+    """A :class:`MEGTrainer` (crash-safe checkpoints) with ``callbacks``; an empty evaluation
+    dataset counts as none."""
     return trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=None if eval_dataset is None or _is_empty(eval_dataset) else eval_dataset,
         data_collator=data_collator,
-        callbacks=[CheckpointCompletionCallback(), *callbacks],
+        callbacks=list(callbacks),
         **kwargs,
     )
 
@@ -186,18 +244,32 @@ def train_with_resume(trainer: Trainer, resume: bool) -> TrainOutput:
     """Train, resuming from the last complete checkpoint when ``resume`` is set.
 
     Checkpoints that a killed run left half-written are moved aside first (by the main
-    process), so they are never trusted.
+    process), so they are never trusted. An output folder without any checkpoint starts from
+    the first step (with a warning).
+
+    Raises
+    ------
+    CheckpointError
+        When ``resume`` is set and the output folder holds checkpoints but none of them is
+        complete: starting from the first step would silently discard the run's progress.
     """
     checkpoint = None
     if resume:
+        output_dir = trainer.args.output_dir
         if trainer.accelerator.is_main_process:
-            discard_incomplete_checkpoints(trainer.args.output_dir)
+            discard_incomplete_checkpoints(output_dir)
         trainer.accelerator.wait_for_everyone()
-        checkpoint = last_complete_checkpoint(trainer.args.output_dir)
-        if checkpoint is None:
-            logger.warning(
-                "no complete checkpoint in %s; starting from the beginning", trainer.args.output_dir
+        checkpoint = last_complete_checkpoint(output_dir)
+        discarded = discarded_checkpoints(output_dir)
+        if checkpoint is None and discarded:
+            raise CheckpointError(
+                f"cannot resume: {output_dir} holds {len(discarded)} checkpoint(s) but none was "
+                f"written completely ({', '.join(path.name for path in discarded)}, moved aside "
+                "under these names). Run without --resume (resume=False) to train from the "
+                "first step, or delete those folders."
             )
+        if checkpoint is None:
+            logger.warning("no checkpoint in %s; starting from the first step", output_dir)
         else:
             logger.info("resuming from %s", checkpoint)
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
