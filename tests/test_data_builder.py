@@ -236,6 +236,27 @@ def test_bids_build_with_events_and_labels(tmp_path):
     assert set(ds["session"]) == {"01"}
 
 
+def test_events_of_the_processor_are_used_when_none_are_given(tmp_path):
+    root = tmp_path / "bids"
+    _write_bids(root, tmp_path)
+    processor = MEGProcessor(
+        window_seconds=0.4, tmin=-0.1, reject=None, event_id=["tone/left", "tone/right"]
+    )
+    ds = build_dataset(None, tmp_path / "out", bids_root=root, processor=processor).load()
+    auditory = ds.filter(lambda r: r["state"] == "auditory")
+    assert len(auditory) == 6 and set(auditory["event"]) == {"tone/left", "tone/right"}
+
+
+def test_cli_refuses_preprocessing_flags_beside_a_saved_processor(tmp_path, capsys):
+    MEGProcessor(window_seconds=0.4).save_pretrained(tmp_path / "processor")
+    code = megfm_main(
+        ["build-dataset", "--manifest", str(tmp_path / "m.csv"), "--output", str(tmp_path / "o"),
+         "--processor", str(tmp_path / "processor"), "--sfreq", "200", "--tmin", "-0.1"]
+    )  # fmt: skip
+    assert code == 2
+    assert "--sfreq, --tmin would be ignored" in capsys.readouterr().err
+
+
 def test_cli_build_dataset(tmp_path, meg_data_dir, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text(

@@ -182,7 +182,9 @@ def build_dataset(
         Column of ``participants.tsv`` with the labels (BIDS only).
     event_id : Mapping | Sequence | str | None
         Events for event-locked windows (``{name: stim code}`` or annotation descriptions;
-        ``"all"``: every stim code, named by its number). Recordings whose state is in ``rest_states`` get fixed-length windows regardless.
+        ``"all"``: every stim code, named by its number); ``None`` takes the processor's
+        ``event_id``, if it has one. Recordings whose state is in ``rest_states`` get
+        fixed-length windows regardless.
     rest_states : sequence of str
         States windowed with fixed-length windows.
     num_proc : int
@@ -225,6 +227,8 @@ def build_dataset(
         remove_stale_temporaries(folder)
 
     rest_states = tuple(s.lower() for s in rest_states)
+    if event_id is None:
+        event_id = processor.event_id or None
     settings = _settings(processor, event_id, rest_states)
     settings_file = work_dir / "settings.json"
     if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:

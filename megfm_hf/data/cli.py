@@ -126,8 +126,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public", action="store_true", help="create the Hub repository as public")
 
 
+#: options that set the preprocessing, which a saved ``--processor`` fixes instead
+PROCESSING_OPTIONS: tuple[str, ...] = (
+    "sfreq", "patch_length", "window_seconds", "overlap", "l_freq", "h_freq", "line_freq",
+    "no_notch", "tmin", "tmax", "stim_channel", "scaling_mode", "no_reject", "keep_meas_date",
+)  # fmt: skip
+
+
 def _processor_from_args(args: argparse.Namespace) -> MEGProcessor:
     if args.processor:
+        defaults = argparse.ArgumentParser()
+        configure_parser(defaults)
+        given = [
+            "--" + name.replace("_", "-")
+            for name in PROCESSING_OPTIONS
+            if getattr(args, name) != defaults.get_default(name)
+        ]
+        if given:
+            raise ValueError(
+                f"--processor {args.processor} fixes the preprocessing, so {', '.join(given)} "
+                "would be ignored; drop them, or leave out --processor"
+            )
         return MEGProcessor.from_pretrained(args.processor)
     window_seconds = args.window_seconds
     if args.tmax is not None:

@@ -213,6 +213,28 @@ def sensor_array(info: mne.Info, path: str | Path | None = None) -> SensorArray:
     )
 
 
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through a set of points.
+
+    Parameters
+    ----------
+    points : numpy.ndarray, shape (n_points, 3)
+        Points, m.
+
+    Returns
+    -------
+    center : numpy.ndarray, shape (3,)
+        Centre of the sphere, m.
+    radius : float
+        Radius, m.
+    """
+    design = np.column_stack([2.0 * points, np.ones(len(points))])
+    target = (points**2).sum(axis=1)
+    solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    center = solution[:3]
+    return center, float(np.sqrt(solution[3] + center @ center))
+
+
 __all__ = [
     "AXIAL_GRADIOMETER",
     "COIL_TYPE_TO_SENSOR_TYPE",
@@ -221,6 +243,7 @@ __all__ = [
     "PLANAR_GRADIOMETER",
     "SENSOR_TYPES",
     "SensorArray",
+    "fit_sphere",
     "pick_meg_sensors",
     "sensor_array",
     "sensor_type_code",
