@@ -60,7 +60,7 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None) -> dict:
     """Run every stage into ``output`` and return the summary (also ``summary.json``)."""
     from .data import MEGProcessor, build_dataset
     from .evaluation import evaluate_model
-    from .hub import write_model_card
+    from .hub import subject_codes, write_model_card
     from .simulation import simulate_cohort, write_builtin_helmet
     from .training.finetune import finetune
     from .training.pretrain import pretrain
@@ -140,7 +140,12 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None) -> dict:
     )
     stage("model card")
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    write_model_card(model_dir, metrics=metrics, dataset_summary=dataset)
+    write_model_card(
+        model_dir,
+        metrics=metrics,
+        dataset_summary=dataset,
+        subject_codes=subject_codes(model_dir, dataset_dir=dataset, metrics=metrics),
+    )
     timings["end"] = time.perf_counter()
 
     names = list(timings)
@@ -160,7 +165,11 @@ def run_demo(output: str | Path, settings: DemoSettings | None = None) -> dict:
 
 
 def claims_table(metrics: dict) -> list[dict[str, object]]:
-    """One row per claim: the model's figure against its baseline or null."""
+    """One row per claim: the model's figure against its baseline or null, the test's p-value
+    where there is one, and whether the claim holds by the report's rules
+    (:mod:`megfm_hf.evaluation.criteria`)."""
+    from .evaluation.criteria import attention_holds, classification_holds, reconstruction_holds
+
     rows = []
     reconstruction = metrics.get("reconstruction", {})
     evoked = reconstruction.get("evoked", {})
@@ -173,7 +182,8 @@ def claims_table(metrics: dict) -> list[dict[str, object]]:
                     "claim": f"1 evoked NMSE {condition} {sensor_type}",
                     "model": values["nmse"],
                     "reference": baseline,
-                    "holds": baseline is not None and values["nmse"] < baseline,
+                    "p": None,
+                    "holds": reconstruction_holds(values["nmse"], baseline),
                 }
             )
     for condition, values in metrics.get("attention", {}).items():
@@ -183,31 +193,40 @@ def claims_table(metrics: dict) -> list[dict[str, object]]:
                     "claim": f"2 attention alignment {condition}",
                     "model": values["alignment"],
                     "reference": values["null_ci95"][1],
-                    "holds": values["alignment"] > values["null_ci95"][1],
+                    "p": values.get("p_value_holm", values["p_value"]),
+                    "holds": attention_holds(values),
                 }
             )
-    classification = metrics.get("classification", {})
-    for name, values in classification.get("features", {}).items():
-        raw = classification.get("raw", {}).get(name, {})
-        if "roc_auc" in values and "roc_auc" in raw:
-            rows.append(
-                {
-                    "claim": f"3 subject AUROC {name}",
-                    "model": values["roc_auc"][0],
-                    "reference": raw["roc_auc"][0],
-                    "holds": values["roc_auc"][0] > raw["roc_auc"][0],
-                }
-            )
+    for key, scope in (("classification", ""), ("classification_held_out", " held-out")):
+        section = metrics.get(key, {})
+        for name, values in section.get("features", {}).items():
+            raw = section.get("raw", {}).get(name, {})
+            test = section.get("permutation_test", {}).get(name)
+            if "roc_auc" in values and "roc_auc" in raw and test:
+                rows.append(
+                    {
+                        "claim": f"3 subject AUROC{scope} {name}",
+                        "model": values["roc_auc"][0],
+                        "reference": raw["roc_auc"][0],
+                        "p": test["p_value"],
+                        "holds": classification_holds(test),
+                    }
+                )
     return rows
 
 
 def format_summary(summary: dict) -> str:
     """The final table printed by ``megfm demo``."""
-    lines = ["", "claim                                             model   reference  holds"]
+    lines = [
+        "",
+        "claim                                             model   reference       p  holds",
+    ]
     for row in summary["claims"]:
         reference = "n/a" if row["reference"] is None else f"{row['reference']:.3f}"
+        p_value = "" if row.get("p") is None else f"{row['p']:.3g}"
         lines.append(
-            f"{row['claim']:<48}{row['model']:>7.3f}{reference:>12}  {'yes' if row['holds'] else 'no'}"
+            f"{row['claim']:<48}{row['model']:>7.3f}{reference:>12}{p_value:>8}  "
+            f"{'yes' if row['holds'] else 'no'}"
         )
     tuning = summary["fine_tuning"]
     lines += [

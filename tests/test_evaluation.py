@@ -30,11 +30,13 @@ from megfm_hf.evaluation import (
 from megfm_hf.evaluation.attention import (
     baseline_patches,
     evoked_peak_patch,
+    holm,
     induced_map,
     post_stimulus_patches,
+    spin_null,
     strongest_sensors,
 )
-from megfm_hf.evaluation.classification import auroc
+from megfm_hf.evaluation.classification import auroc, band_power_features, compare_features
 from megfm_hf.evaluation.cli import configure_parser, run
 from megfm_hf.modeling.configuration_megfm import MEGConfig
 from megfm_hf.modeling.modeling_megfm import MEGForMaskedSignalModeling
@@ -83,6 +85,37 @@ def test_permutation_test_identical_vs_different_predictions():
     assert different["difference_roc_auc"] > 0.3 and different["p_value"] < 0.01
 
 
+def test_permutation_test_does_not_depend_on_calibration():
+    # AUROC depends on ranks only: squeezing one classifier's probabilities towards 0.5 (as a
+    # strongly regularised model does) changes neither AUROC nor the test.
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 12)
+    a = 1 / (1 + np.exp(-(3 * labels + rng.normal(size=24))))
+    b = 1 / (1 + np.exp(-(0.7 * labels + rng.normal(size=24))))
+    plain = paired_permutation_test(labels, a, b, n_permutations=2000)
+    squeezed = paired_permutation_test(labels, a, 0.5 + 0.02 * (b - 0.5), n_permutations=2000)
+    assert squeezed == plain
+
+
+def test_bad_sensors_do_not_make_band_power_outliers():
+    rng = np.random.default_rng(0)
+    signals = rng.normal(size=(6, 4, 200))
+    valid = np.ones((6, 4), dtype=bool)
+    valid[2, 1] = False
+    signals[2, 1] = 0.0  # as the dataset stores a bad sensor
+    powers = band_power_features(signals, 100.0, valid).reshape(6, 4, -1)
+    assert np.isnan(powers[2, 1]).all()
+    assert np.isfinite(powers[valid]).all()
+    # The comparison imputes them in-fold and still scores every subject.
+    subjects = np.repeat(["a", "b", "c", "d", "e", "f"], 1)
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    section = compare_features(
+        rng.normal(size=(6, 3)), signals, 100.0, labels, subjects, valid=valid, n_folds=2,
+        n_boot=50, n_permutations=50,
+    )  # fmt: skip
+    assert all(np.isfinite(p) for p in section["subject_probabilities"]["raw"]["random_forest"])
+
+
 def test_subject_folds_never_split_a_subject():
     subjects = np.repeat([f"s{i}" for i in range(10)], 7)
     labels = np.repeat([0, 1] * 5, 7)
@@ -113,6 +146,73 @@ def test_sensor_folds_and_interpolation_weights():
     assert np.allclose(rows.sum(axis=1), 1.0)
     assert np.all(weights[:, hidden] == 0.0)  # hidden sensors never predict
     assert np.all(weights[np.ix_(types == 0, types == 1)] == 0.0)  # only the same type
+
+
+def _helmet_array() -> tuple[np.ndarray, np.ndarray]:
+    """The simulated 102-position Neuromag-style helmet: positions (306, 3) and type codes."""
+    import mne
+
+    from megfm_hf.data.sensors import sensor_array
+    from megfm_hf.simulation.geometry import make_builtin_helmet
+
+    info = make_builtin_helmet(n_positions=102)
+    array = sensor_array(mne.pick_info(info, mne.pick_types(info, meg=True)), "helmet")
+    return array.positions[:, :3], np.asarray(array.types)
+
+
+def _smooth_map(positions: np.ndarray, center: np.ndarray, rng: np.random.Generator):
+    bump = np.exp(-(np.linalg.norm(positions - center, axis=1) ** 2) / (2 * 0.04**2))
+    values = bump + 0.2 * rng.random(len(positions))
+    return values / values.sum()
+
+
+def _patch_region(positions: np.ndarray, types: np.ndarray, center: int) -> np.ndarray:
+    """The 10 sensors of each type nearest a sensor: a compact region like an evoked field's."""
+    distance = np.linalg.norm(positions - positions[center], axis=1)
+    region = []
+    for code in np.unique(types):
+        members = np.flatnonzero(types == code)
+        region.extend(members[np.argsort(distance[members])[:10]])
+    return np.array(region)
+
+
+def test_spin_null_keeps_its_level_on_smooth_maps_where_shuffling_does_not():
+    # Smooth attention maps and compact regions placed independently: a valid test rejects
+    # about 5% of the time. Shuffling sensors ignores the spatial smoothness of both and rejects
+    # several times too often.
+    positions, types = _helmet_array()
+    rng = np.random.default_rng(17)
+    rejected = {"spin": 0, "shuffled": 0}
+    draws = 120
+    for k in range(draws):
+        attention_map = _smooth_map(positions, positions[rng.integers(len(types))], rng)
+        region = _patch_region(positions, types, rng.integers(len(types)))
+        spin = spin_null(attention_map, region, positions, types, n_permutations=200, seed=k)
+        assert spin["null"] == "spin"
+        rejected["spin"] += spin["p_value"] < 0.05
+        shuffled = shuffled_null(attention_map, region, types, n_permutations=200, seed=k)
+        rejected["shuffled"] += shuffled["p_value"] < 0.05
+    assert rejected["spin"] / draws <= 0.1, rejected
+    assert rejected["shuffled"] / draws >= 0.12, rejected
+    # A map centred on its region is found.
+    center = int(rng.integers(len(types)))
+    attention_map = _smooth_map(positions, positions[center], rng)
+    region = _patch_region(positions, types, center)
+    assert spin_null(attention_map, region, positions, types, n_permutations=200)["p_value"] < 0.01
+
+
+def test_spin_null_falls_back_to_shuffling_for_a_region_covering_the_array():
+    positions, types = _helmet_array()
+    region = np.arange(len(types) - 20)
+    attention_map = _smooth_map(positions, positions[0], np.random.default_rng(0))
+    result = spin_null(attention_map, region, positions, types, n_permutations=50)
+    assert result["null"] == "shuffled" and result["n_permutations"] == 50
+
+
+def test_holm_correction():
+    corrected = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert corrected == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+    assert holm({"only": 0.2}) == {"only": 0.2}
 
 
 def test_shuffled_null_on_a_peaked_and_a_flat_map():
@@ -277,12 +377,31 @@ def test_evoked_reconstruction_beats_interpolation(evaluation):
 
 
 @pytest.mark.slow
-def test_attention_alignment_beats_shuffled_null(evaluation):
+def test_attention_alignment_beats_the_spin_null(evaluation):
     metrics, _, _ = evaluation
     for condition in EVENT_ID:
         values = metrics["attention"][condition]
+        assert values["null"] == "spin", (condition, values)
         assert values["alignment"] > values["null_ci95"][1], (condition, values)
-        assert values["p_value"] < 0.05, (condition, values)
+        assert values["p_value_holm"] < 0.05, (condition, values)
+        assert values["p_value_holm"] >= values["p_value"]
+
+
+@pytest.mark.slow
+def test_classification_says_which_subjects_the_model_was_pretrained_on(evaluation, pretrained):
+    metrics, output, _ = evaluation
+    split = json.loads((pretrained / "split.json").read_text())
+    assert metrics["test_subjects_in_pretraining"] == []
+    classification = metrics["classification"]
+    assert classification["subjects"] == "all labelled"
+    assert classification["n_pretraining_subjects"] == len(split["train"])
+    # 2 held-out subjects cannot be cross-validated by subject: said, not hidden.
+    assert "classification_held_out" not in metrics
+    assert "too few subjects per class" in metrics["skipped"]["classification_held_out"]
+    report = (output / "report.md").read_text()
+    assert "all held out of pretraining" in report
+    assert f"({len(split['train'])} of them in the model's pretraining" in report
+    assert "### Subjects held out of pretraining" in report
 
 
 @pytest.mark.slow
@@ -442,7 +561,7 @@ def test_evaluation_classifies_features_pooled_as_asked(tmp_path, cohort, pretra
     assert "pooling='latents' needs attention_mode='latent'" in capsys.readouterr().err
 
 
-def test_unlabelled_dataset_skips_classification(tmp_path, cohort):
+def test_unlabelled_dataset_skips_classification(tmp_path, cohort, caplog):
     import datasets
 
     rows = datasets.load_from_disk(str(cohort["dataset"]))
@@ -457,6 +576,7 @@ def test_unlabelled_dataset_skips_classification(tmp_path, cohort):
         model,
         folder,
         tmp_path / "out",
+        subjects=["02", "07"],  # one of them pretrained on
         region="0,1,2,3",
         max_windows=4,
         n_permutations=100,
@@ -465,4 +585,9 @@ def test_unlabelled_dataset_skips_classification(tmp_path, cohort):
     assert metrics["skipped"]["classification"] == "dataset has no labels"
     assert "classification" not in metrics
     assert "reconstruction" in metrics and "attention" in metrics
-    assert "dataset has no labels" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "dataset has no labels" in report
+    # Subjects chosen by hand that the model was pretrained on are named as such.
+    assert metrics["test_subjects_in_pretraining"] == ["02"]
+    assert "1 of them in pretraining, so not held out: 02" in report
+    assert "1 of the 2 evaluated subjects were in the model's pretraining" in caplog.text

@@ -22,9 +22,17 @@ have no event and use the plain map averaged over all patches. Without baseline 
 
 *Alignment*: the attention mass on the expected region (for the simulated cohort, the sensors of
 each type where the ground-truth evoked field is strongest: ``top_sensors`` of
-``derivatives/ground_truth.json``). *Null*: the same score after permuting the map over sensors
-(within each sensor type, so type-wide offsets do not count), many times; reported as null mean,
-95% interval and the one-sided p-value ``(1 + #{null >= observed}) / (1 + n_permutations)``.
+``derivatives/ground_truth.json``). *Null*: a spin test, as for cortical maps: the region is
+turned rigidly over the sensor helmet (rotations about the centre of the sphere fitted to the
+sensors, its centroid brought onto a random sensor and spun about it by a random angle) and each
+turned sensor is matched to a distinct sensor of its type; turns that push a sensor off the
+array (farther than twice the median spacing from any sensor of its type) are redrawn. Both
+the map and the region stay spatially smooth, so the null keeps their spatial autocorrelation:
+permuting the map over sensors instead, which breaks it, gives far too small p-values for smooth
+maps. Reported as null mean, 95% interval and the one-sided p-value ``(1 + #{null >= observed})
+/ (1 + n_permutations)``; ``p_value_holm`` corrects it for the number of conditions tested
+(Holm). A region too large to be turned over the array falls back to permuting the map within
+each sensor type (``null`` says which was used).
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from pathlib import Path
 
 import mne
 import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.transform import Rotation
 
-from ..data.sensors import pick_meg_sensors, sensor_array
+from ..data.sensors import fit_sphere, pick_meg_sensors, sensor_array
 
 logger = logging.getLogger(__name__)
 
@@ -219,8 +229,12 @@ def shuffled_null(
     *,
     n_permutations: int = 2000,
     seed: int = 0,
-) -> dict[str, float | list[float]]:
+) -> dict[str, float | list[float] | str]:
     """Alignment of the map against the scores of sensor-shuffled maps.
+
+    Shuffling ignores the spatial smoothness of maps and regions, so its p-values are too small
+    for smooth maps; :func:`spin_null` keeps it and is the test used, with this one as its
+    fallback for regions too large to turn over the array.
 
     Parameters
     ----------
@@ -237,14 +251,11 @@ def shuffled_null(
     Returns
     -------
     result : dict
-        ``alignment``, ``null_mean``, ``null_ci95`` ([2.5, 97.5] percentiles), ``p_value``
-        (one-sided) and ``n_permutations``.
+        As :func:`spin_null`, with ``null`` = ``"shuffled"``.
     """
     attention_map = np.asarray(attention_map, dtype=np.float64)
-    in_region = np.zeros(attention_map.shape, dtype=bool)
-    in_region[np.asarray(region)] = True
+    in_region = _region_mask(region, attention_map.size)
     valid = np.ones(attention_map.shape, dtype=bool) if valid is None else np.asarray(valid)
-    observed = float(attention_map[in_region].sum())
     rng = np.random.default_rng(seed)
     null = np.zeros(n_permutations)
     for code in np.unique(types[valid]):
@@ -254,13 +265,141 @@ def shuffled_null(
         # Permuting the map is the same as permuting which sensors are in the region.
         order = rng.permuted(np.tile(np.arange(members.size), (n_permutations, 1)), axis=1)
         null += values[order] @ weights
+    return _null_result(float(attention_map[in_region].sum()), null, "shuffled")
+
+
+#: how far (in median sensor spacings) a turned region sensor may land from any sensor
+SPIN_TOLERANCE = 2.0
+
+
+def spin_null(
+    attention_map: np.ndarray,
+    region: np.ndarray,
+    positions: np.ndarray,
+    types: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    n_permutations: int = 2000,
+    seed: int = 0,
+) -> dict[str, float | list[float] | str]:
+    """Alignment of the map against the scores of the region turned over the sensor helmet.
+
+    Parameters
+    ----------
+    attention_map : np.ndarray, shape (S,)
+    region : np.ndarray of int or bool
+        Expected sensors.
+    positions : np.ndarray, shape (S, 3) or (S, 6)
+        Sensor positions, m (orientations, if given, are not used).
+    types : np.ndarray of int, shape (S,)
+        A turned region sensor is matched to a sensor of its own type.
+    valid : np.ndarray of bool, shape (S,), optional
+        Only valid sensors can be matched (others hold no attention).
+    n_permutations : int
+        Turns of the region.
+    seed : int
+
+    Returns
+    -------
+    result : dict
+        ``alignment``, ``null_mean``, ``null_ci95`` ([2.5, 97.5] percentiles), ``p_value``
+        (one-sided), ``n_permutations`` and ``null`` (``"spin"``, or ``"shuffled"`` when the
+        region cannot be turned over the array: :func:`shuffled_null`).
+    """
+    attention_map = np.asarray(attention_map, dtype=np.float64)
+    in_region = _region_mask(region, attention_map.size)
+    valid = np.ones(attention_map.shape, dtype=bool) if valid is None else np.asarray(valid)
+    in_region &= valid
+    points = np.asarray(positions, dtype=np.float64)[:, :3]
+    center, _ = fit_sphere(points[valid])
+    rng = np.random.default_rng(seed)
+    groups = []  # per sensor type: region sensors, candidate sensors, tolerance
+    for code in np.unique(types[in_region]):
+        candidates = np.flatnonzero(valid & (types == code))
+        groups.append(
+            (
+                np.flatnonzero(in_region & (types == code)),
+                candidates,
+                SPIN_TOLERANCE * _median_spacing(points[candidates]),
+            )
+        )
+    region_points = points[in_region] - center
+    centroid = region_points.mean(axis=0)
+    targets = points[valid] - center
+    null: list[float] = []
+    for _ in range(20 * n_permutations):
+        if len(null) == n_permutations:
+            break
+        turn = _random_turn(centroid, targets[rng.integers(len(targets))], rng)
+        score = 0.0
+        for members, candidates, tolerance in groups:
+            turned = turn.apply(points[members] - center) + center
+            distance = np.linalg.norm(turned[:, None] - points[candidates][None], axis=-1)
+            rows, columns = linear_sum_assignment(distance)
+            if distance[rows, columns].max() > tolerance:
+                break
+            score += float(attention_map[candidates[columns]].sum())
+        else:
+            null.append(score)
+    if len(null) < n_permutations:
+        logger.warning(
+            "the expected region (%d sensors) cannot be turned over the sensor array often "
+            "enough (%d of %d turns fit); falling back to shuffling the map over sensors",
+            int(in_region.sum()),
+            len(null),
+            n_permutations,
+        )
+        return shuffled_null(
+            attention_map, in_region, types, valid, n_permutations=n_permutations, seed=seed
+        )
+    return _null_result(float(attention_map[in_region].sum()), np.asarray(null), "spin")
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down correction of several p-values for the number of tests."""
+    order = sorted(p_values, key=lambda k: p_values[k])
+    corrected: dict[str, float] = {}
+    running = 0.0
+    for rank, key in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p_values[key]))
+        corrected[key] = running
+    return corrected
+
+
+def _region_mask(region: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[np.asarray(region)] = True
+    return mask
+
+
+def _null_result(observed: float, null: np.ndarray, kind: str) -> dict:
     return {
         "alignment": observed,
         "null_mean": float(null.mean()),
         "null_ci95": [float(np.percentile(null, 2.5)), float(np.percentile(null, 97.5))],
-        "p_value": float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_permutations)),
-        "n_permutations": int(n_permutations),
+        "p_value": float((1 + np.sum(null >= observed - 1e-12)) / (1 + null.size)),
+        "n_permutations": int(null.size),
+        "null": kind,
     }
+
+
+def _median_spacing(points: np.ndarray) -> float:
+    """Median distance from each sensor site to its nearest other site (sensors sharing a site,
+    as the two planar gradiometers of a Neuromag position, count as one)."""
+    sites = np.unique(np.round(points, 4), axis=0)
+    if len(sites) < 2:
+        return 0.0
+    distance = np.linalg.norm(sites[:, None] - sites[None], axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    return float(np.median(distance.min(axis=1)))
+
+
+def _random_turn(source: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> Rotation:
+    """A rotation taking direction ``source`` to ``target``, then spun about ``target`` by a
+    uniform random angle."""
+    align = Rotation.align_vectors(target[None], source[None])[0]
+    axis = target / max(float(np.linalg.norm(target)), 1e-12)
+    return Rotation.from_rotvec(axis * rng.uniform(0.0, 2.0 * np.pi)) * align
 
 
 # --------------------------------------------------------------------------- sensor names
@@ -407,6 +546,7 @@ __all__ = [
     "channel_names_from_recording",
     "condition_map",
     "find_recording",
+    "holm",
     "match_channel_names",
     "parse_region",
     "post_stimulus_patches",
@@ -416,5 +556,6 @@ __all__ = [
     "PEAK_SEARCH_WINDOW",
     "regions_from_ground_truth",
     "shuffled_null",
+    "spin_null",
     "strongest_sensors",
 ]

@@ -9,8 +9,11 @@ the raw windows; PCA and scaling are fitted inside each training fold). Folds ar
 (``StratifiedGroupKFold``: a subject's windows are never split between training and test, and each
 fold keeps both classes where possible). Window probabilities are averaged to one probability per
 subject. AUROC and balanced accuracy (threshold 0.5) get 95% percentile-bootstrap intervals over
-subjects; the features-vs-raw AUROC difference gets a paired permutation test (the two inputs'
-subject probabilities swapped at random per subject).
+subjects; the features-vs-raw AUROC difference gets a paired permutation test (the ranks of the
+two inputs' subject probabilities swapped at random per subject: AUROC depends on ranks only, so
+classifiers that scale their probabilities differently stay exchangeable under the null). Band
+powers of a sensor marked bad in a window are imputed with the training fold's median, as the
+model masks that sensor rather than seeing its zeros.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sklearn.base import ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -43,7 +47,9 @@ BANDS: dict[str, tuple[float, float]] = {
 RAW_PCA_COMPONENTS = 16
 
 
-def band_power_features(signals: np.ndarray, sfreq: float) -> np.ndarray:
+def band_power_features(
+    signals: np.ndarray, sfreq: float, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Log band power per sensor and band (Welch, Hann windows of up to 1 s).
 
     Parameters
@@ -51,6 +57,9 @@ def band_power_features(signals: np.ndarray, sfreq: float) -> np.ndarray:
     signals : np.ndarray, shape (N, S, T)
     sfreq : float
         Sampling rate, Hz.
+    valid : np.ndarray of bool, shape (N, S), optional
+        Valid sensors of every window; the band powers of the others are NaN (their signal is
+        zeros, whose log power would be an outlier of -12).
 
     Returns
     -------
@@ -69,12 +78,18 @@ def band_power_features(signals: np.ndarray, sfreq: float) -> np.ndarray:
                 == np.abs(frequencies - (low + high) / 2).min()
             )
         powers.append(density[..., inside].mean(axis=-1))
-    stacked = np.stack(powers, axis=-1)  # (N, S, bands)
-    return np.log10(stacked + 1e-12).reshape(signals.shape[0], -1).astype(np.float32)
+    stacked = np.log10(np.stack(powers, axis=-1) + 1e-12)  # (N, S, bands)
+    if valid is not None:
+        stacked[~np.asarray(valid, dtype=bool)] = np.nan
+    return stacked.reshape(signals.shape[0], -1).astype(np.float32)
 
 
-def raw_features(signals: np.ndarray, sfreq: float) -> tuple[np.ndarray, int]:
+def raw_features(
+    signals: np.ndarray, sfreq: float, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """Raw-signal features: band powers, then the flattened window (for in-fold PCA).
+
+    ``valid`` is as in :func:`band_power_features`.
 
     Returns
     -------
@@ -82,17 +97,22 @@ def raw_features(signals: np.ndarray, sfreq: float) -> tuple[np.ndarray, int]:
     n_band_features : int
         Columns that hold band powers; the rest is the raw window.
     """
-    bands = band_power_features(signals, sfreq)
+    bands = band_power_features(signals, sfreq, valid)
     flat = signals.reshape(signals.shape[0], -1).astype(np.float32)
     return np.concatenate([bands, flat], axis=1), bands.shape[1]
 
 
 def raw_preprocessing(n_band_features: int, n_columns: int, n_train: int) -> ColumnTransformer:
-    """Scale band powers; PCA of the raw window (components capped by the training size)."""
+    """Impute and scale band powers; PCA of the raw window (components capped by the training
+    size). Both are fitted on the training fold only."""
     components = max(1, min(RAW_PCA_COMPONENTS, n_train - 1, n_columns - n_band_features))
     return ColumnTransformer(
         [
-            ("band_power", StandardScaler(), slice(0, n_band_features)),
+            (
+                "band_power",
+                make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+                slice(0, n_band_features),
+            ),
             (
                 "raw_pca",
                 make_pipeline(PCA(n_components=components, random_state=0), StandardScaler()),
@@ -238,13 +258,18 @@ def paired_permutation_test(
     """Two-sided paired permutation test of the AUROC difference ``a - b``.
 
     Under the null the two inputs are exchangeable per subject, so each permutation swaps the
-    two scores of every subject with probability 1/2.
+    two scores of every subject with probability 1/2. The scores are replaced by their ranks
+    within each input first (AUROC depends on ranks only): swapping raw probabilities of two
+    classifiers whose probabilities span different ranges would make the test depend on
+    calibration rather than on discrimination.
 
     Returns
     -------
     result : dict
         ``difference_roc_auc`` and ``p_value`` = ``(1 + #{|d_perm| >= |d|}) / (1 + n)``.
     """
+    scores_a = rankdata(scores_a) / len(labels)
+    scores_b = rankdata(scores_b) / len(labels)
     observed = auroc(labels, scores_a) - auroc(labels, scores_b)
     rng = np.random.default_rng(seed)
     swap = rng.random((n_permutations, len(labels))) < 0.5
@@ -268,6 +293,7 @@ def compare_features(
     labels: np.ndarray,
     subjects: np.ndarray,
     *,
+    valid: np.ndarray | None = None,
     n_folds: int = 4,
     seed: int = 0,
     n_boot: int = 2000,
@@ -283,6 +309,8 @@ def compare_features(
         Hz.
     labels : np.ndarray of int (0/1), shape (N,)
     subjects : np.ndarray of str, shape (N,)
+    valid : np.ndarray of bool, shape (N, S), optional
+        Valid sensors of every window (band powers of the others are imputed in-fold).
     n_folds, seed, n_boot, n_permutations
         Cross-validation folds, seed, bootstrap resamples, permutations.
 
@@ -293,7 +321,7 @@ def compare_features(
         (per input and classifier, for the figures).
     """
     folds = subject_folds(subjects, labels, n_folds, seed)
-    raw, n_band = raw_features(raw_signals, sfreq)
+    raw, n_band = raw_features(raw_signals, sfreq, valid)
     inputs = {
         "features": (model_features, lambda model, n: make_pipeline(StandardScaler(), model)),
         "raw": (

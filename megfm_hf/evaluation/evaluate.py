@@ -24,6 +24,7 @@ from .loading import (
     check_compatibility,
     load_evaluation_data,
     load_model,
+    pretraining_subjects,
     select_subjects,
 )
 from .masking import layout_key, sensor_folds
@@ -91,6 +92,16 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _too_few_per_class(data: EvaluationData, rows: np.ndarray) -> str | None:
+    """Why the rows cannot be cross-validated by subject (fewer than 2 subjects in a class)."""
+    per_class = {
+        name: len(set(data.subjects[rows][data.labels[rows] == name])) for name in data.label_names
+    }
+    if min(per_class.values()) < 2:
+        return f"too few subjects per class for subject-level folds: {per_class}"
+    return None
 
 
 def _sensor_names(
@@ -195,6 +206,17 @@ def evaluate_model(
     data = load_evaluation_data(dataset_dir)
     check_compatibility(model, data, model_dir)
     test_subjects, train_subjects = select_subjects(data, model_dir, subjects)
+    pretrained_on = pretraining_subjects(model_dir)
+    seen = sorted(set(test_subjects) & set(pretrained_on or ()))
+    if seen:
+        logger.warning(
+            "%d of the %d evaluated subjects were in the model's pretraining (%s of %s): their "
+            "results are not held out",
+            len(seen),
+            len(test_subjects),
+            "split.json",
+            model_dir,
+        )
     rng = np.random.default_rng(seed)
     conditions = _conditions(data)
     keys = np.char.add(np.char.add(data.subjects.astype(str), "|"), conditions.astype(str))
@@ -232,6 +254,8 @@ def evaluate_model(
         "model": str(model_dir),
         "dataset": str(dataset_dir),
         "test_subjects": test_subjects,
+        # None when unknown (no split.json): which evaluated subjects were pretrained on
+        "test_subjects_in_pretraining": None if pretrained_on is None else seen,
         "n_test_windows": int(len(windows.indices)),
         "seed": seed,
         "max_windows": max_windows,
@@ -401,9 +425,10 @@ def evaluate_model(
             )
         section = {}
         for condition, region_indices in regions.items():
-            section[condition] = attn.shuffled_null(
+            section[condition] = attn.spin_null(
                 maps[condition],
                 region_indices,
+                windows.positions,
                 windows.types,
                 valid_any,
                 n_permutations=n_permutations,
@@ -419,6 +444,9 @@ def evaluate_model(
                     round(onset, 6),
                     round(onset + patch_duration, 6),
                 ]
+        corrected = attn.holm({c: v["p_value"] for c, v in section.items()})
+        for condition, values in section.items():
+            values["p_value_holm"] = corrected[condition]
         if section:
             metrics["attention"] = section
             figures["attention_alignment"] = plots.plot_alignment(
@@ -435,6 +463,9 @@ def evaluate_model(
         metrics["attention_maps"] = {c: m.tolist() for c, m in maps.items()}
 
     # ---------------------------------------------------------------- claim 3: classification
+    # Every labelled subject, as the reference model's protocol (pretraining never sees labels,
+    # but it may have seen the subjects' signals), and separately the subjects held out of
+    # pretraining, whose features the model never met in any form.
     label_names = data.label_names
     labelled = np.flatnonzero((data.labels != "") & (layouts == layout))
     if len(label_names) != 2 or labelled.size == 0:
@@ -445,13 +476,9 @@ def evaluate_model(
         )
     else:
         rows = _cap(labelled, keys, max_windows, rng)
-        subjects_per_class = {
-            name: len(set(data.subjects[rows][data.labels[rows] == name])) for name in label_names
-        }
-        if min(subjects_per_class.values()) < 2:
-            skipped["classification"] = (
-                f"too few subjects per class for subject-level folds: {subjects_per_class}"
-            )
+        problem = _too_few_per_class(data, rows)
+        if problem:
+            skipped["classification"] = problem
         else:
             class_windows = load_windows(data, rows)
             features = run_inference(
@@ -459,23 +486,50 @@ def evaluate_model(
                 description="classification windows",
             ).features  # fmt: skip
             labels = np.array([label_names.index(v) for v in data.labels[rows]])
-            section = compare_features(
-                features,
-                class_windows.signals,
-                sfreq,
-                labels,
-                data.subjects[rows],
-                n_folds=cv_folds,
-                seed=seed,
-                n_boot=n_bootstrap,
-                n_permutations=n_permutations,
-            )
-            section["label_names"] = label_names
-            section["positive_label"] = label_names[1]
-            metrics["classification"] = section
+            row_subjects = data.subjects[rows]
+
+            def classify(chosen: np.ndarray, subject_set: str) -> dict[str, Any]:
+                section = compare_features(
+                    features[chosen],
+                    class_windows.signals[chosen],
+                    sfreq,
+                    labels[chosen],
+                    row_subjects[chosen],
+                    valid=class_windows.valid[chosen],
+                    n_folds=cv_folds,
+                    seed=seed,
+                    n_boot=n_bootstrap,
+                    n_permutations=n_permutations,
+                )
+                in_pretraining = set(row_subjects[chosen]) & set(pretrained_on or ())
+                section["subjects"] = subject_set
+                section["n_pretraining_subjects"] = (
+                    None if pretrained_on is None else len(in_pretraining)
+                )
+                section["label_names"] = label_names
+                section["positive_label"] = label_names[1]
+                return section
+
+            everyone = np.ones(rows.size, dtype=bool)
+            metrics["classification"] = classify(everyone, "all labelled")
             figures["classification"] = plots.plot_classification(
-                section, output / "classification_auroc.png"
+                metrics["classification"], output / "classification_auroc.png"
             ).name
+            if pretrained_on is None:
+                skipped["classification_held_out"] = (
+                    "unknown which subjects the model was pretrained on (no split.json)"
+                )
+            else:
+                held_out = ~np.isin(row_subjects, pretrained_on)
+                problem = (
+                    _too_few_per_class(data, rows[held_out])
+                    if held_out.any()
+                    else ("every labelled subject was in pretraining")
+                )
+                if problem:
+                    skipped["classification_held_out"] = f"held-out subjects: {problem}"
+                else:
+                    metrics["classification_held_out"] = classify(held_out, "held-out")
 
     metrics["skipped"] = skipped
     metrics["runtime_s"] = round(time.perf_counter() - start, 2)

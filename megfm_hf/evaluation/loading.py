@@ -298,11 +298,31 @@ def select_subjects(
     return test, [s for s in present if s not in test]
 
 
+def pretraining_subjects(model_dir: str | Path) -> list[str] | None:
+    """The subjects a model was pretrained on: ``split.json``'s ``train``, or None if unknown.
+
+    Parameters
+    ----------
+    model_dir : str | Path
+        ``save_pretrained`` folder of ``megfm pretrain``, which writes ``split.json``.
+
+    Returns
+    -------
+    subjects : list of str or None
+        None when the folder has no ``split.json`` with a ``train`` list.
+    """
+    split = _read_json(Path(model_dir) / SPLIT_FILE)
+    if "train" not in split:
+        return None
+    return sorted(str(s) for s in split["train"])
+
+
 __all__ = [
     "EvaluationData",
     "check_compatibility",
     "check_model_folder",
     "load_evaluation_data",
     "load_model",
+    "pretraining_subjects",
     "select_subjects",
 ]

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mne  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..data.sensors import fit_sphere  # noqa: E402
 from ..modeling.configuration_megfm import SENSOR_TYPES  # noqa: E402
 
 PLANAR = SENSOR_TYPES.index("planar_gradiometer")
@@ -44,9 +45,8 @@ def project_2d(xyz: np.ndarray) -> np.ndarray:
     head-outline sphere), with +y towards the nose.
     """
     xyz = np.asarray(xyz, dtype=np.float64)
-    design = np.c_[2 * xyz, np.ones(len(xyz))]
-    solution = np.linalg.lstsq(design, (xyz**2).sum(axis=1), rcond=None)[0]
-    centred = xyz - solution[:3]
+    center, _ = fit_sphere(xyz)
+    centred = xyz - center
     radius = np.linalg.norm(centred, axis=1)
     polar = np.arccos(np.clip(centred[:, 2] / np.clip(radius, 1e-12, None), -1, 1))
     azimuth = np.arctan2(centred[:, 1], centred[:, 0])
@@ -255,7 +255,7 @@ def _mean_over_conditions(per_condition: Mapping) -> dict[str, dict[str, float]]
 
 
 def plot_alignment(section: Mapping, path: str | Path) -> Path:
-    """Observed alignment per condition against the shuffled-sensor null (mean, 95% interval)."""
+    """Observed alignment per condition against its null (mean and 95% interval)."""
     conditions = list(section)
     figure, axis = plt.subplots(figsize=(1.4 * len(conditions) + 2, 3.2))
     x = np.arange(len(conditions))
@@ -269,7 +269,8 @@ def plot_alignment(section: Mapping, path: str | Path) -> Path:
         fmt="s",
         color="0.4",
         capsize=4,
-        label="shuffled-sensor null (mean, 95%)",
+        label=f"{'/'.join(sorted({section[c].get('null', 'shuffled') for c in conditions}))} "
+        "null (mean, 95%)",
     )
     axis.plot(x, [section[c]["alignment"] for c in conditions], "o", color="tab:red", ms=8)
     axis.plot([], [], "o", color="tab:red", label="model attention")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import attention, classification, reconstruction
+from .criteria import attention_holds, classification_holds, reconstruction_holds
 
 REPORT_FILE = "report.md"
 
@@ -48,12 +49,24 @@ def _reconstruction_claim(metrics: Mapping) -> list[str]:
     )
     if model is None or interpolation is None:
         verdict = "evoked comparison not available"
-    elif model < interpolation:
+    elif reconstruction_holds(model, interpolation):
         verdict = "supported: the model beats spatial interpolation on evoked responses"
         if best_name and baselines[best_name] < model:
             verdict += f" (the {best_name} baseline is better still)"
     else:
         verdict = "not supported: spatial interpolation reconstructs evoked responses better"
+    continuous = section.get("continuous", {})
+    interpolated = section.get("baselines", {}).get("interpolation", {})
+    if continuous and interpolated:
+        won = [
+            t
+            for t, v in continuous.items()
+            if reconstruction_holds(v.get("nmse"), interpolated.get(t, {}).get("nmse"))
+        ]
+        verdict += (
+            f"; continuous MEG: better than interpolation for {len(won)} of {len(continuous)} "
+            "sensor types"
+        )
     baseline_text = ", ".join(f"{n} {_f(v)}" for n, v in baselines.items())
     return ["masked MEG reconstruction (evoked NMSE)", _f(model), baseline_text, verdict]
 
@@ -73,32 +86,34 @@ def _attention_claim(metrics: Mapping) -> list[str]:
         )
         return ["attention peaks at the driven sensors", "n/a", "n/a", f"skipped: {reason}"]
     evoked = {c: v for c, v in section.items() if c != "rest"} or section
-    significant = [c for c, v in evoked.items() if v["p_value"] < 0.05]
+    significant = [c for c, v in evoked.items() if attention_holds(v)]
     model = np.mean([v["alignment"] for v in evoked.values()])
     null = np.mean([v["null_mean"] for v in evoked.values()])
+    kinds = sorted({v.get("null", "shuffled") for v in evoked.values()})
     verdict = (
-        f"supported in {len(significant)} of {len(evoked)} conditions (p < 0.05)"
+        f"supported in {len(significant)} of {len(evoked)} conditions (Holm-corrected p < 0.05)"
         if significant
-        else "not supported: no condition beats the shuffled-sensor null (p < 0.05)"
+        else "not supported: no condition beats the null (Holm-corrected p < 0.05)"
     )
     return [
         "attention rises at the driven sensors (stimulus-induced attention on expected sensors)",
         _f(model),
-        f"shuffled null {_f(null)}",
+        f"{'/'.join(kinds)} null {_f(null)}",
         verdict,
     ]
 
 
-def _classification_claim(metrics: Mapping) -> list[str]:
-    section = metrics.get("classification")
+def _classification_claim(metrics: Mapping, key: str = "classification") -> list[str]:
+    section = metrics.get(key)
+    scope = " (held-out subjects only)" if key != "classification" else ""
     if not section:
-        reason = metrics["skipped"].get("classification", "")
-        return ["features beat raw MEG (AUROC)", "n/a", "n/a", f"skipped: {reason}"]
+        reason = metrics["skipped"].get(key, "")
+        return [f"features beat raw MEG (AUROC){scope}", "n/a", "n/a", f"skipped: {reason}"]
     name = "logistic_regression"
     model = section["features"][name]["roc_auc"]
     raw = section["raw"][name]["roc_auc"]
     test = section["permutation_test"][name]
-    if test["difference_roc_auc"] > 0 and test["p_value"] < 0.05:
+    if classification_holds(test):
         verdict = f"supported (p = {test['p_value']:.3g})"
     elif test["difference_roc_auc"] > 0:
         verdict = f"higher but not significant (p = {test['p_value']:.3g})"
@@ -106,11 +121,57 @@ def _classification_claim(metrics: Mapping) -> list[str]:
         verdict = f"not supported (p = {test['p_value']:.3g})"
     pooled = "" if metrics.get("pooling", "mean") == "mean" else f", pooled: {metrics['pooling']}"
     return [
-        f"pretrained features beat raw-signal features (AUROC, logistic regression{pooled})",
+        f"pretrained features beat raw-signal features (AUROC, logistic regression{pooled})"
+        + scope,
         f"{_f(model[0])} [{_f(model[1])}, {_f(model[2])}]",
         f"raw {_f(raw[0])} [{_f(raw[1])}, {_f(raw[2])}]",
         verdict,
     ]
+
+
+def _held_out_status(metrics: Mapping) -> str:
+    """Whether the evaluated subjects were held out of pretraining, as far as is known."""
+    seen = metrics.get("test_subjects_in_pretraining")
+    if seen is None:
+        return "unknown whether the model was pretrained on them: no split.json"
+    if seen:
+        return f"{len(seen)} of them in pretraining, so not held out: {', '.join(seen)}"
+    return "all held out of pretraining"
+
+
+def _classification_tables(section: Mapping) -> list[str]:
+    """AUROC and balanced accuracy per input and classifier, then the permutation tests."""
+    rows = []
+    for source, label in (("features", "pretrained features"), ("raw", "raw-signal")):
+        for name, values in section[source].items():
+            auc, bacc = values["roc_auc"], values["balanced_accuracy"]
+            rows.append(
+                [
+                    label,
+                    name,
+                    f"{_f(auc[0])} [{_f(auc[1])}, {_f(auc[2])}]",
+                    f"{_f(bacc[0])} [{_f(bacc[1])}, {_f(bacc[2])}]",
+                ]
+            )
+    seen = section.get("n_pretraining_subjects")
+    pretraining = (
+        "" if seen is None else f" ({seen} of them in the model's pretraining, without labels)"
+    )
+    lines = [
+        f"{section['n_subjects']} subjects{pretraining}, {section['folds']} subject-level folds, "
+        f"{section['n_windows']} windows; positive class `{section['positive_label']}`.",
+        "",
+    ]
+    lines += _table(["input", "classifier", "AUROC [95% CI]", "balanced accuracy"], rows)
+    lines += ["", "Paired permutation test of the AUROC difference (features - raw):", ""]
+    lines += _table(
+        ["classifier", "difference", "p"],
+        [
+            [n, _f(v["difference_roc_auc"]), f"{v['p_value']:.3g}"]
+            for n, v in section["permutation_test"].items()
+        ],
+    )
+    return lines + [""]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -150,8 +211,9 @@ def write_report(metrics: Mapping, output_dir: str | Path, *, mask_folds: int, t
     lines = [
         "# megfm evaluation report",
         "",
-        f"Model `{metrics['model']}`, dataset `{metrics['dataset']}`, held-out subjects "
-        f"{', '.join(metrics['test_subjects'])} ({metrics['n_test_windows']} windows, at most "
+        f"Model `{metrics['model']}`, dataset `{metrics['dataset']}`, evaluated subjects "
+        f"{', '.join(metrics['test_subjects'])} ({_held_out_status(metrics)}; "
+        f"{metrics['n_test_windows']} windows, at most "
         f"{metrics['max_windows']} per subject and condition), seed {metrics['seed']}, "
         f"{metrics['runtime_s']:.0f} s.",
         "",
@@ -160,7 +222,12 @@ def write_report(metrics: Mapping, output_dir: str | Path, *, mask_folds: int, t
     ]
     lines += _table(
         ["claim", "model", "baseline / null", "verdict"],
-        [_reconstruction_claim(metrics), _attention_claim(metrics), _classification_claim(metrics)],
+        [_reconstruction_claim(metrics), _attention_claim(metrics), _classification_claim(metrics)]
+        + (
+            [_classification_claim(metrics, "classification_held_out")]
+            if "classification_held_out" in metrics
+            else []
+        ),
     )
     if metrics.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in metrics["skipped"].items())]
@@ -229,19 +296,22 @@ def write_report(metrics: Mapping, output_dir: str | Path, *, mask_folds: int, t
                 _f(v["alignment"]),
                 _f(v["null_mean"]),
                 f"[{_f(v['null_ci95'][0])}, {_f(v['null_ci95'][1])}]",
+                v.get("null", "shuffled"),
                 f"{v['p_value']:.3g}",
+                f"{v.get('p_value_holm', v['p_value']):.3g}",
                 v["n_region_sensors"],
                 _patch(v.get("peak_patch_s")),
             ]
             for condition, v in metrics["attention"].items()
         ]
         lines += _table(
-            ["condition", "alignment", "null mean", "null 95%", "p", "expected sensors", "patch"],
+            ["condition", "alignment", "null mean", "null 95%", "null", "p", "p (Holm)",
+             "expected sensors", "patch"],
             rows,
-        )
+        )  # fmt: skip
         lines += [""]
     lines += _figure(metrics, "attention_topomaps", "attention topomaps per condition")
-    lines += _figure(metrics, "attention_alignment", "alignment vs shuffled null")
+    lines += _figure(metrics, "attention_alignment", "alignment vs null")
     lines += [
         "**Method.** "
         + _docstring_section(attention, "Method").replace("\n", " ")
@@ -256,39 +326,20 @@ def write_report(metrics: Mapping, output_dir: str | Path, *, mask_folds: int, t
     lines += ["## 3. Pretrained features vs raw MEG", ""]
     section = metrics.get("classification")
     if section:
-        rows = []
-        for source, label in (("features", "pretrained features"), ("raw", "raw-signal")):
-            for name, values in section[source].items():
-                auc, bacc = values["roc_auc"], values["balanced_accuracy"]
-                rows.append(
-                    [
-                        label,
-                        name,
-                        f"{_f(auc[0])} [{_f(auc[1])}, {_f(auc[2])}]",
-                        f"{_f(bacc[0])} [{_f(bacc[1])}, {_f(bacc[2])}]",
-                    ]
-                )
-        lines += [
-            f"{section['n_subjects']} subjects, {section['folds']} subject-level folds, "
-            f"{section['n_windows']} windows; positive class `{section['positive_label']}`.",
-            "",
-        ]
-        lines += _table(["input", "classifier", "AUROC [95% CI]", "balanced accuracy"], rows)
-        lines += ["", "Paired permutation test of the AUROC difference (features - raw):", ""]
-        lines += _table(
-            ["classifier", "difference", "p"],
-            [
-                [n, _f(v["difference_roc_auc"]), f"{v['p_value']:.3g}"]
-                for n, v in section["permutation_test"].items()
-            ],
-        )
-        lines += [""]
+        lines += ["### All labelled subjects", ""] + _classification_tables(section)
         lines += _figure(metrics, "classification", "AUROC features vs raw")
+        lines += ["### Subjects held out of pretraining", ""]
+        if "classification_held_out" in metrics:
+            lines += _classification_tables(metrics["classification_held_out"])
+        else:
+            lines += [f"Skipped: {metrics['skipped'].get('classification_held_out', '')}", ""]
         lines += [
             "**Method.** "
             + _docstring_section(classification, "Method").replace("\n", " ")
-            + " The model never saw labels (self-supervised pretraining), so every labelled "
-            "subject takes part in the cross-validation.",
+            + " As in the reference model's protocol, every labelled subject is classified: "
+            "self-supervised pretraining never sees labels, but it may have seen these subjects' "
+            "signals, which a raw-signal classifier has no equivalent of. The held-out analysis "
+            "repeats the comparison on the subjects the model was not pretrained on.",
             "",
         ]
     else:

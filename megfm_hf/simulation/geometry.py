@@ -16,6 +16,8 @@ import mne
 import numpy as np
 from mne.io.constants import FIFF
 
+from ..data.sensors import fit_sphere
+
 logger = logging.getLogger(__name__)
 
 #: number of sensor positions of the built-in helmet (one magnetometer and two gradiometers each)
@@ -281,28 +283,6 @@ def _fiducials_from(info: mne.Info) -> dict[str, tuple[float, float, float]]:
         ):
             found[names[point["ident"]]] = tuple(float(v) for v in point["r"])
     return found if len(found) == 3 else dict(DEFAULT_FIDUCIALS)
-
-
-def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares sphere through a set of points.
-
-    Parameters
-    ----------
-    points : numpy.ndarray, shape (n_points, 3)
-        Points, m.
-
-    Returns
-    -------
-    center : numpy.ndarray, shape (3,)
-        Centre of the sphere, m.
-    radius : float
-        Radius, m.
-    """
-    design = np.column_stack([2.0 * points, np.ones(len(points))])
-    target = (points**2).sum(axis=1)
-    solution = np.linalg.lstsq(design, target, rcond=None)[0]
-    center = solution[:3]
-    return center, float(np.sqrt(solution[3] + center @ center))
 
 
 def load_geometry(path: str | Path | None = None, sfreq: float = 250.0) -> SensorGeometry:
