@@ -395,6 +395,14 @@ def test_classification_says_which_subjects_the_model_was_pretrained_on(evaluati
     classification = metrics["classification"]
     assert classification["subjects"] == "all labelled"
     assert classification["n_pretraining_subjects"] == len(split["train"])
+    groups = classification["roc_auc_by_pretraining"]
+    assert {g: v["n_subjects"] for g, v in groups.items()} == {
+        "pretraining": len(split["train"]),
+        "held_out": len(split["test"]),
+    }
+    for values in groups.values():
+        for source in ("features", "raw"):
+            assert all(0.0 <= v <= 1.0 for v in values[source].values()), values
     # 2 held-out subjects cannot be cross-validated by subject: said, not hidden.
     assert "classification_held_out" not in metrics
     assert "too few subjects per class" in metrics["skipped"]["classification_held_out"]
@@ -402,6 +410,7 @@ def test_classification_says_which_subjects_the_model_was_pretrained_on(evaluati
     assert "all held out of pretraining" in report
     assert f"({len(split['train'])} of them in the model's pretraining" in report
     assert "### Subjects held out of pretraining" in report
+    assert "| pretraining | 6 |" in report and "| held-out | 2 |" in report
 
 
 @pytest.mark.slow

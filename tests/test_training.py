@@ -672,18 +672,23 @@ def test_pretraining_builds_the_model_from_every_field_of_the_given_config(
 ):
     extra = {"mlp_ratio": 2.0, "hidden_dropout_prob": 0.1, "max_patches": 32, "hidden_act": "silu"}
     # At another rate and patch length than the dataset's.
-    config = MEGConfig(**TINY_MODEL, **extra, pooling="max", sampling_rate=250.0, patch_length=25)
+    config = MEGConfig(**TINY_MODEL, **extra, pooling="max", sampling_rate=200.0, patch_length=20)
     options = {"max_steps": 1, "batch_size": BATCH, "save_strategy": "no", "disable_tqdm": True}
     with caplog.at_level("WARNING", logger="megfm_hf.training.pretrain"):
         model_dir = pretrain(tiny_dataset, tmp_path / "run", config=config, **options)
     assert "sampling_rate=100.0, patch_length=10" in caplog.text
-    assert "sampling_rate=250.0, patch_length=25 replaced" in caplog.text
+    assert "sampling_rate=200.0, patch_length=20 replaced" in caplog.text
     saved = MEGConfig.from_pretrained(model_dir)
     expected = {**config.to_dict(), "sampling_rate": 100.0, "patch_length": 10}
     for name in ("mlp_ratio", "hidden_dropout_prob", "max_patches", "hidden_act", "pooling"):
         assert getattr(saved, name) == expected[name], name
     assert (saved.sampling_rate, saved.patch_length) == (100.0, 10)
-    assert (config.sampling_rate, config.patch_length) == (250.0, 25)  # the caller's, untouched
+    # Fields left at their defaults are not reported as replaced.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="megfm_hf.training.pretrain"):
+        pretrain(tiny_dataset, tmp_path / "run2", config=dict(TINY_MODEL), **options)
+    assert "replaced" not in caplog.text
+    assert (config.sampling_rate, config.patch_length) == (200.0, 20)  # the caller's, untouched
     arguments = json.loads((model_dir / "training_args.json").read_text())["pretraining"]
     assert arguments["hidden_size"] == TINY_MODEL["hidden_size"]
 

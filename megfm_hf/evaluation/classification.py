@@ -8,10 +8,14 @@ beta 13-30 Hz bands from Welch periodograms, concatenated with the first princip
 the raw windows; PCA and scaling are fitted inside each training fold). Folds are subject-level
 (``StratifiedGroupKFold``: a subject's windows are never split between training and test, and each
 fold keeps both classes where possible). Window probabilities are averaged to one probability per
-subject. AUROC and balanced accuracy (threshold 0.5) get 95% percentile-bootstrap intervals over
-subjects; the features-vs-raw AUROC difference gets a paired permutation test (the ranks of the
-two inputs' subject probabilities swapped at random per subject: AUROC depends on ranks only, so
-classifiers that scale their probabilities differently stay exchangeable under the null). Band
+subject. Both classifiers weigh the classes inversely to their frequency in the training fold
+(clinical cohorts are imbalanced, and with few subjects per fold an unweighted classifier's
+probabilities follow the fold's class balance, which is opposite to its test subjects' and so
+pushes subject-level AUROC below chance). AUROC and balanced accuracy (threshold 0.5) get 95%
+percentile-bootstrap intervals over subjects; the features-vs-raw AUROC difference gets a paired
+permutation test (the ranks of the two inputs' subject probabilities swapped at random per
+subject: AUROC depends on ranks only, so classifiers that scale their probabilities differently
+stay exchangeable under the null). Band
 powers of a sensor marked bad in a window are imputed with the training fold's median, as the
 model masks that sensor rather than seeing its zeros.
 """
@@ -110,7 +114,10 @@ def raw_preprocessing(n_band_features: int, n_columns: int, n_train: int) -> Col
         [
             (
                 "band_power",
-                make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+                # a sensor bad in every training window keeps a constant column
+                make_pipeline(
+                    SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()
+                ),
                 slice(0, n_band_features),
             ),
             (
@@ -125,9 +132,13 @@ def raw_preprocessing(n_band_features: int, n_columns: int, n_train: int) -> Col
 def classifiers(seed: int = 0) -> dict[str, ClassifierMixin]:
     """The classifiers compared on both inputs (unfitted)."""
     return {
-        "logistic_regression": LogisticRegression(C=0.1, max_iter=2000),
+        "logistic_regression": LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced"),
         "random_forest": RandomForestClassifier(
-            n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1
+            n_estimators=200,
+            min_samples_leaf=2,
+            random_state=seed,
+            n_jobs=1,
+            class_weight="balanced",
         ),
     }
 
@@ -371,9 +382,35 @@ def compare_features(
     return section
 
 
+def auroc_within(section: dict, members: np.ndarray) -> dict[str, dict[str, float]]:
+    """AUROC of a comparison's out-of-fold subject probabilities over some of its subjects.
+
+    Parameters
+    ----------
+    section : dict
+        What :func:`compare_features` returns (subjects in sorted order).
+    members : np.ndarray of bool, shape (n_subjects,)
+        The subjects to score, in the same order.
+
+    Returns
+    -------
+    roc_auc : dict
+        ``{input: {classifier: AUROC}}``; NaN when the subjects hold a single class.
+    """
+    labels = np.asarray(section["subject_labels"])[members]
+    return {
+        source: {
+            name: auroc(labels, np.asarray(probabilities)[members])
+            for name, probabilities in per_classifier.items()
+        }
+        for source, per_classifier in section["subject_probabilities"].items()
+    }
+
+
 __all__ = [
     "BANDS",
     "auroc",
+    "auroc_within",
     "balanced_accuracy",
     "band_power_features",
     "bootstrap_ci",

@@ -17,7 +17,7 @@ from ..modeling.configuration_megfm import SENSOR_TYPES
 from . import attention as attn
 from . import plots
 from .baselines import RidgeBaseline, interpolate_hidden
-from .classification import compare_features
+from .classification import auroc_within, compare_features
 from .features import load_windows, run_inference
 from .loading import (
     EvaluationData,
@@ -501,11 +501,19 @@ def evaluate_model(
                     n_boot=n_bootstrap,
                     n_permutations=n_permutations,
                 )
-                in_pretraining = set(row_subjects[chosen]) & set(pretrained_on or ())
+                ids = np.unique(row_subjects[chosen])  # the section's subject order
+                seen = np.isin(ids, pretrained_on or ())
                 section["subjects"] = subject_set
                 section["n_pretraining_subjects"] = (
-                    None if pretrained_on is None else len(in_pretraining)
+                    None if pretrained_on is None else int(seen.sum())
                 )
+                if pretrained_on is not None and seen.any() and not seen.all():
+                    # The same out-of-fold probabilities, scored separately on the subjects
+                    # the model was and was not pretrained on.
+                    section["roc_auc_by_pretraining"] = {
+                        group: {"n_subjects": int(members.sum()), **auroc_within(section, members)}
+                        for group, members in (("pretraining", seen), ("held_out", ~seen))
+                    }
                 section["label_names"] = label_names
                 section["positive_label"] = label_names[1]
                 return section

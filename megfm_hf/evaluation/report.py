@@ -171,6 +171,24 @@ def _classification_tables(section: Mapping) -> list[str]:
             for n, v in section["permutation_test"].items()
         ],
     )
+    groups = section.get("roc_auc_by_pretraining")
+    if groups:
+        columns = [(s, n) for s in ("features", "raw") for n in section[s]]
+        lines += [
+            "",
+            "The same out-of-fold subject probabilities, scored on the subjects the model was "
+            "pretrained on and on those it was not (AUROC); a lead of the features that holds "
+            "only on the former comes from pretraining on those subjects' signals:",
+            "",
+        ]
+        lines += _table(
+            ["subjects", "n"] + [f"{s} {n}" for s, n in columns],
+            [
+                [group.replace("_", "-"), values["n_subjects"]]
+                + [_f(values[s][n]) for s, n in columns]
+                for group, values in groups.items()
+            ],
+        )
     return lines + [""]
 
 

@@ -166,13 +166,14 @@ def at_dataset_rate(config: MEGConfig, processor: MEGProcessor) -> MEGConfig:
     """A copy of ``config`` at the rate and patch length of the dataset's ``processor``.
 
     The windows dictate both, so they replace the configuration's values; a warning names
-    every value replaced. Every other field is kept.
+    every value that was set away from its default and is replaced. Every other field is kept.
     """
     dictated = {"sampling_rate": float(processor.sfreq), "patch_length": processor.patch_length}
+    defaults = MEGConfig()
     replaced = {
         name: getattr(config, name)
         for name, value in dictated.items()
-        if getattr(config, name) != value
+        if getattr(config, name) not in (value, getattr(defaults, name))
     }
     if replaced:
         logger.warning(
