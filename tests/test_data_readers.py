@@ -14,6 +14,7 @@ from megfm_hf.data import (
     sensor_array,
     sensor_type_code,
 )
+from megfm_hf.data.preprocessing import preprocess_raw
 from megfm_hf.data.testing import make_raw
 from megfm_hf.modeling.configuration_megfm import SENSOR_TYPES
 
@@ -172,3 +173,72 @@ def test_identity_dev_head_t_means_device_coordinates(meg_data_dir):
         coregistered.info, mne.pick_types(coregistered.info, meg=True, ref_meg=False)
     )
     assert sensor_array(info).coordinate_frame == "head"
+
+
+# -- recordings in pieces: resampled piece by piece ------------------------------------------
+
+CTF_TRIALS = "ctf275/testdata_ctf_short_discontinuous.ds"  # two trials of 1201 samples, 1200 Hz
+# no high-pass: removing each sensor's mean over the whole recording would differ from the pieces
+PIECEWISE = dict(sfreq=250.0, l_freq=None, h_freq=40.0, line_freq=None, detect_bads=False)
+
+
+def _preprocessed(raw: mne.io.BaseRaw) -> np.ndarray:
+    return preprocess_raw(raw, scalings=MEGProcessor().scalings, **PIECEWISE).data
+
+
+def test_ctf_trials_are_resampled_one_by_one(meg_data_dir):
+    path = meg_data_dir / CTF_TRIALS
+    whole = _preprocessed(read_recording(path))
+    # each trial read and preprocessed on its own
+    raw = mne.io.read_raw_ctf(path, verbose="error")
+    trial = raw.n_times // 2
+    first = _preprocessed(raw.copy().crop(0, (trial - 1) / raw.info["sfreq"]))
+    second = _preprocessed(raw.copy().crop(trial / raw.info["sfreq"], None))
+    np.testing.assert_allclose(whole, np.concatenate([first, second], axis=1), rtol=0, atol=1e-6)
+    # read as one piece, resampling rings across the jump between the trials
+    one_piece = _preprocessed(raw)
+    assert np.abs(one_piece[:, first.shape[1] :] - second).max() > 1e-3 * np.abs(second).max()
+
+
+def test_saved_concatenation_is_split_at_its_boundaries(meg_data_dir, tmp_path):
+    raw = mne.io.read_raw_fif(
+        meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif", verbose="error"
+    )
+    half = raw.n_times // 2 / raw.info["sfreq"]
+    pieces = [raw.copy().crop(0, half, include_tmax=False), raw.copy().crop(half, None)]
+    saved = tmp_path / "joined_raw.fif"
+    mne.concatenate_raws([p.copy() for p in pieces], verbose="error").save(saved, verbose="error")
+    # read back as one piece by MNE; split again here, with the boundary marked once
+    assert len(mne.io.read_raw_fif(saved, verbose="error").filenames) == 1
+    joined = read_recording(saved)
+    assert len(joined.filenames) == 2
+    assert sorted(joined.annotations.description) == ["BAD boundary", "EDGE boundary"]
+    np.testing.assert_array_equal(joined.get_data(), raw.get_data())
+    separately = np.concatenate([_preprocessed(p) for p in pieces], axis=1)
+    np.testing.assert_allclose(_preprocessed(joined), separately, rtol=0, atol=1e-6)
+
+
+def test_recording_in_one_piece_is_not_split(meg_data_dir):
+    path = meg_data_dir / "kit160/Example_RICOH160-1_10020-export_anonymyze.con"
+    assert len(read_recording(path).filenames) == 1
+
+
+def test_ctf_datasets_in_a_bids_folder_keep_trials_and_averages(meg_data_dir, tmp_path):
+    mne_bids = pytest.importorskip("mne_bids")
+    read = {}
+    for subject, name in [("01", CTF_TRIALS), ("02", "ctf151-somatosensory/somMDYO-18av.ds")]:
+        raw = mne.io.read_raw_ctf(meg_data_dir / name, verbose="error")
+        bids_path = mne_bids.BIDSPath(subject=subject, task="rest", root=tmp_path, datatype="meg")
+        mne_bids.write_raw_bids(raw, bids_path, verbose="error")
+        path = bids_path.copy().update(suffix="meg", extension=".ds").fpath
+        assert detect_format(path) == "bids"
+        read[subject] = read_recording(path)
+    trials = read["01"]
+    assert sorted(trials.annotations.description) == ["BAD boundary", "EDGE boundary"]
+    np.testing.assert_allclose(
+        _preprocessed(trials), _preprocessed(read_recording(meg_data_dir / CTF_TRIALS)), atol=1e-6
+    )
+    (average,) = read["02"]
+    (expected,) = read_recording(meg_data_dir / "ctf151-somatosensory/somMDYO-18av.ds")
+    assert isinstance(average, mne.Evoked) and average.nave == expected.nave > 1
+    np.testing.assert_array_equal(average.data, expected.data)

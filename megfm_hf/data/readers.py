@@ -35,6 +35,7 @@ import mne
 import numpy as np
 
 from .errors import RecordingNotFoundError, UnreadableRecordingError
+from .windowing import annotation_onsets
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,14 @@ def detect_format(path: str | Path) -> str:
     """
     path = Path(path)
     name = path.name.lower()
+    if _is_in_bids_folder(path):
+        return "bids"
     if path.is_dir():
         if name.endswith(".ds"):
             return "ctf"
         if any(_BTI_PDF.match(p.name) for p in path.iterdir()):
             return "bti"
         return "other"
-    if _is_in_bids_folder(path):
-        return "bids"
     if _EVOKED_NAME.search(name):
         return "evoked"
     if name.endswith((".fif", ".fif.gz")):
@@ -108,7 +109,10 @@ def read_recording(
     -------
     recording : mne.io.BaseRaw | list of mne.Evoked
         A raw recording, or one evoked response per condition for evoked FIF files and
-        averaged CTF datasets.
+        averaged CTF datasets. A recording in several pieces (the trials of a CTF dataset, or
+        pieces concatenated before it was saved) is returned as the concatenation of its pieces,
+        so that it is resampled piece by piece (:func:`split_trials`,
+        :func:`split_at_boundaries`).
 
     Raises
     ------
@@ -123,27 +127,36 @@ def read_recording(
     fmt = fmt or detect_format(path)
     kwargs = dict(reader_kwargs or {})
     try:
-        if fmt == "evoked":
-            return list(mne.read_evokeds(path, verbose="error", **kwargs))
-        if fmt == "fif":
-            return _read_fif(path, kwargs)
-        if fmt == "ctf":
-            return _read_ctf(path, kwargs)
-        if fmt == "kit":
-            return mne.io.read_raw_kit(
-                path, preload=False, verbose="error", **_kit_side_files(path, kwargs)
-            )
-        if fmt == "bti":
-            return _read_bti(path, kwargs)
-        if fmt == "bids":
-            return read_bids_recording(path, reader_kwargs=kwargs)
-        return mne.io.read_raw(path, preload=False, verbose="error", **kwargs)
+        recording = _read(path, fmt, kwargs)
     except (RecordingNotFoundError, UnreadableRecordingError):
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
         raise UnreadableRecordingError(
             path, f"cannot be read as {fmt} MEG data ({type(err).__name__}: {err})"
         ) from err
+    if isinstance(recording, mne.io.BaseRaw):
+        return split_at_boundaries(recording)
+    return recording
+
+
+def _read(path: Path, fmt: str, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.Evoked]:
+    if fmt == "evoked":
+        return list(mne.read_evokeds(path, verbose="error", **kwargs))
+    if fmt == "fif":
+        return _read_fif(path, kwargs)
+    if fmt == "ctf":
+        return _ctf_recording(
+            path, mne.io.read_raw_ctf(path, preload=False, verbose="error", **kwargs)
+        )
+    if fmt == "kit":
+        return mne.io.read_raw_kit(
+            path, preload=False, verbose="error", **_kit_side_files(path, kwargs)
+        )
+    if fmt == "bti":
+        return _read_bti(path, kwargs)
+    if fmt == "bids":
+        return read_bids_recording(path, reader_kwargs=kwargs)
+    return mne.io.read_raw(path, preload=False, verbose="error", **kwargs)
 
 
 def _read_fif(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.Evoked]:
@@ -214,17 +227,16 @@ def read_ctf_header(path: str | Path) -> CTFHeader:
     return CTFHeader(int(n_averaged), int(trial_samples), int(n_trials), int(pre_trigger))
 
 
-def _read_ctf(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.Evoked]:
-    """A CTF recording, or the average of an averaged dataset as one evoked response.
+def _ctf_recording(path: Path, raw: mne.io.BaseRaw) -> mne.io.BaseRaw | list[mne.Evoked]:
+    """A CTF recording split into its trials, or an averaged dataset as one evoked response.
 
     An averaged dataset stores the average as its first trial (later trials hold derived
     traces, such as the plus-minus average); it is returned with its time axis from the
     trigger, so that it is windowed like an evoked FIF file.
     """
-    raw = mne.io.read_raw_ctf(path, preload=False, verbose="error", **kwargs)
     header = read_ctf_header(path)
     if header.n_averaged <= 0:
-        return mark_trial_boundaries(raw, header.trial_samples)
+        return split_trials(raw, header.trial_samples)
     if not 0 < header.trial_samples <= raw.n_times:
         raise UnreadableRecordingError(
             path,
@@ -243,38 +255,90 @@ def _read_ctf(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.E
     return [evoked]
 
 
-def mark_trial_boundaries(raw: mne.io.BaseRaw, trial_samples: int) -> mne.io.BaseRaw:
-    """Annotate the boundaries between the trials of a multi-trial (discontinuous) recording.
+BOUNDARY_DESCRIPTIONS = ("BAD boundary", "EDGE boundary")
+"""The annotations :func:`mne.concatenate_raws` puts between concatenated recordings."""
+
+
+def split_trials(raw: mne.io.BaseRaw, trial_samples: int) -> mne.io.BaseRaw:
+    """Return a multi-trial (discontinuous) recording as the concatenation of its trials.
 
     A CTF dataset recorded in trials stores them one after the other; MNE reads them as one
-    continuous recording without marking where one trial ends. Each boundary gets the
-    ``"BAD boundary"`` and ``"EDGE boundary"`` annotations that :func:`mne.concatenate_raws`
-    puts between concatenated recordings, so filters treat the trials separately and no window
-    crosses from one trial into the next.
+    continuous recording. Returned as :func:`mne.concatenate_raws` of its trials instead, each
+    boundary carries the ``"BAD boundary"`` and ``"EDGE boundary"`` annotations, so that filters
+    treat the trials separately, resampling runs trial by trial (MNE resamples the pieces of a
+    concatenated recording separately) and no window crosses from one trial into the next.
 
     Parameters
     ----------
     raw : mne.io.BaseRaw
-        The recording; its annotations are extended in place.
+        The recording, not loaded (``preload=False``); not modified.
     trial_samples : int
-        Samples per trial; nothing is marked when the recording is a single trial.
+        Samples per trial; a recording of a single trial is returned unchanged.
 
     Returns
     -------
     raw : mne.io.BaseRaw
-        The same object.
     """
     if not 0 < trial_samples < raw.n_times:
         return raw
+    cuts = np.arange(trial_samples, raw.n_times, trial_samples)
+    logger.info("recording split into %d trials of %d samples", len(cuts) + 1, trial_samples)
+    return _concatenate_pieces(raw, cuts)
+
+
+def split_at_boundaries(raw: mne.io.BaseRaw) -> mne.io.BaseRaw:
+    """Return a recording saved from concatenated pieces as the concatenation of those pieces.
+
+    :func:`mne.concatenate_raws` marks where one recording ends and the next begins with
+    zero-duration ``"EDGE boundary"`` annotations. Once saved and read back, the recording is one
+    piece again: filters still respect the boundaries, but resampling would run across them and
+    ring at each jump. Split again at its boundaries, it is resampled piece by piece.
+
+    Parameters
+    ----------
+    raw : mne.io.BaseRaw
+        A recording as read from one file, not loaded (``preload=False``); not modified.
+
+    Returns
+    -------
+    raw : mne.io.BaseRaw
+        ``raw`` itself when it has no boundary inside it, is loaded already or holds several
+        pieces already.
+    """
+    if raw.preload or len(raw.filenames) > 1:
+        return raw
+    edges = [
+        i
+        for i, (description, duration) in enumerate(
+            zip(raw.annotations.description, raw.annotations.duration, strict=True)
+        )
+        if description.upper().startswith("EDGE") and duration == 0
+    ]
+    onsets = annotation_onsets(raw)[edges]
+    cuts = np.unique(np.round(onsets * raw.info["sfreq"]).astype(np.int64))
+    cuts = cuts[(cuts > 0) & (cuts < raw.n_times)]
+    if not len(cuts):
+        return raw
+    logger.info("recording split at %d boundaries between concatenated pieces", len(cuts))
+    return _concatenate_pieces(raw, cuts)
+
+
+def _concatenate_pieces(raw: mne.io.BaseRaw, cuts: np.ndarray) -> mne.io.BaseRaw:
+    """Cut a recording (not loaded) at the samples ``cuts`` and concatenate the pieces again."""
     sfreq = raw.info["sfreq"]
-    edges = np.arange(trial_samples, raw.n_times, trial_samples)
-    # as in mne.concatenate_raws: annotation onsets count from first_samp = 0
-    onsets = (edges + raw.first_samp) / sfreq
-    for onset in onsets:
-        raw.annotations.append(onset, 0.0, "BAD boundary")
-        raw.annotations.append(onset, 0.0, "EDGE boundary")
-    logger.info("marked %d boundaries between trials of %d samples", len(edges), trial_samples)
-    return raw
+    source = raw.copy()
+    # the boundary annotations already at the cuts would be doubled by concatenate_raws
+    samples = np.round(annotation_onsets(source) * sfreq).astype(np.int64)
+    at_cut = np.isin(samples, cuts) & np.isin(source.annotations.description, BOUNDARY_DESCRIPTIONS)
+    source.annotations.delete(np.flatnonzero(at_cut))
+    bounds = np.concatenate([[0], cuts, [raw.n_times]])
+    pieces = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        piece = source.copy().crop(tmin=start / sfreq, tmax=(stop - 1) / sfreq)
+        if piece.n_times != stop - start:  # pragma: no cover - MNE's crop rounds to samples
+            raise RuntimeError(f"cropping samples {start}-{stop} gave {piece.n_times} samples")
+        pieces.append(piece)
+    return mne.concatenate_raws(pieces, preload=False, verbose="error")
 
 
 def _kit_side_files(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +376,7 @@ def _read_bti(path: Path, kwargs: dict[str, Any]) -> mne.io.BaseRaw:
 
 def read_bids_recording(
     path: str | Path, *, reader_kwargs: Mapping[str, Any] | None = None
-) -> mne.io.BaseRaw:
+) -> mne.io.BaseRaw | list[mne.Evoked]:
     """Read one MEG recording of a BIDS folder through :func:`mne_bids.read_raw_bids`.
 
     Events in ``*_events.tsv`` become annotations; bad channels in ``*_channels.tsv`` are marked
@@ -327,7 +391,9 @@ def read_bids_recording(
 
     Returns
     -------
-    raw : mne.io.BaseRaw
+    recording : mne.io.BaseRaw | list of mne.Evoked
+        The raw recording (split into its trials or concatenated pieces, as by
+        :func:`read_recording`), or one evoked response for an averaged CTF dataset.
     """
     import mne_bids
 
@@ -338,9 +404,14 @@ def read_bids_recording(
     try:
         bids_path = mne_bids.get_bids_path_from_fname(path)
         bids_path.update(root=root)
-        return mne_bids.read_raw_bids(
+        raw = mne_bids.read_raw_bids(
             bids_path, extra_params=dict(reader_kwargs or {}) or None, verbose="error"
         )
+        if path.suffix.lower() == ".ds":
+            return _ctf_recording(path, raw)
+        return split_at_boundaries(raw)
+    except UnreadableRecordingError:
+        raise
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
         raise UnreadableRecordingError(
             path, f"cannot be read as BIDS MEG data ({type(err).__name__}: {err})"
@@ -350,7 +421,8 @@ def read_bids_recording(
 __all__ = [
     "Recording",
     "detect_format",
-    "mark_trial_boundaries",
+    "split_at_boundaries",
+    "split_trials",
     "read_bids_recording",
     "read_recording",
 ]
