@@ -9,6 +9,7 @@ import pytest
 from megfm_hf.data import (
     MEGProcessor,
     UnknownSensorTypeError,
+    UnreadableRecordingError,
     detect_format,
     read_recording,
     sensor_array,
@@ -242,3 +243,14 @@ def test_ctf_datasets_in_a_bids_folder_keep_trials_and_averages(meg_data_dir, tm
     (expected,) = read_recording(meg_data_dir / "ctf151-somatosensory/somMDYO-18av.ds")
     assert isinstance(average, mne.Evoked) and average.nave == expected.nave > 1
     np.testing.assert_array_equal(average.data, expected.data)
+
+
+def test_bti_layout_is_detected_and_a_broken_one_named(tmp_path):
+    folder = tmp_path / "subject" / "run"
+    folder.mkdir(parents=True)
+    for name in ("c,rfDC", "config", "hs_file"):
+        (folder / name).write_bytes(b"\x00" * 64)
+    assert detect_format(folder) == "bti"
+    assert detect_format(folder / "c,rfDC") == "bti"
+    with pytest.raises(UnreadableRecordingError, match=r"run.*cannot be read as bti MEG data"):
+        read_recording(folder)
