@@ -14,6 +14,7 @@ from transformers import BatchFeature
 from megfm_hf import MEGConfig
 from megfm_hf.data import MEGDataError, MEGProcessor, build_dataset, read_recording
 from megfm_hf.data.manifest import RecordingSpec
+from megfm_hf.data.preprocessing import DEFAULT_FLAT_THRESHOLDS, averaged_flat_thresholds
 from megfm_hf.data.testing import make_raw, write_raw
 
 
@@ -284,3 +285,103 @@ def test_inconsistent_evoked_file_fails_only_its_recording(meg_data_dir, tmp_pat
     (failure,) = result.failures
     assert failure["manifest_row"] == 0 and failure["reason"] == "inconsistent-segments"
     assert "condition 'Right visual'" in failure["problem"]
+
+
+# -- bad sensor detection on epochs and evoked responses -------------------------------------
+
+#: the real averages, and the sensors the default detection flags besides ``info["bads"]``:
+#: MEG 2443 is the broken gradiometer of the MNE "sample" recording (in the raw file's
+#: ``info["bads"]``, not in this evoked file's; 25 times the median gradiometer level)
+REAL_AVERAGES = [
+    (EVOKED, ["MEG 2443"]),
+    ("neuromag306/test_elekta-ave.fif", []),
+    ("ctf151-somatosensory/somMDYO-18av.ds", []),
+]
+
+
+def _masked(preprocessed):
+    return [preprocessed.sensors.ch_names[i] for i in np.flatnonzero(~preprocessed.mask)]
+
+
+@pytest.mark.parametrize(("relpath", "known_bad"), REAL_AVERAGES)
+def test_detection_flags_no_good_sensor_of_real_averages(meg_data_dir, relpath, known_bad):
+    """Neither the flat thresholds (over sqrt(nave)) nor the noisy z-score flag a sensor that
+    carries the evoked response."""
+    evokeds = read_recording(meg_data_dir / relpath)
+    bads = set(evokeds[0].info["bads"])
+    processor = MEGProcessor(**EVOKED_PROCESSOR, reject=None)
+    assert processor.detect_bads
+    masked = _masked(processor.preprocess(evokeds))
+    assert sorted(set(masked) - bads) == sorted(known_bad)
+    assert set(masked) >= bads
+    undetected = MEGProcessor(**EVOKED_PROCESSOR, reject=None, detect_bads=False)
+    assert set(_masked(undetected.preprocess(evokeds))) == bads
+
+
+def test_flat_and_noisy_sensors_of_evoked_responses_are_masked(meg_data_dir, caplog):
+    evokeds = read_recording(meg_data_dir / EVOKED)
+    rng = np.random.default_rng(0)
+    flat, noisy = "MEG 0111", "MEG 1332"  # MEG 1332: the largest N100m of the left tone
+    for evoked in evokeds:
+        i, j = evoked.ch_names.index(flat), evoked.ch_names.index(noisy)
+        evoked.data[i] = 3e-13 + 1e-17 * rng.standard_normal(len(evoked.times))
+        evoked.data[j] += 1e-10 * rng.standard_normal(len(evoked.times))  # 35x the median
+    processor = MEGProcessor(**EVOKED_PROCESSOR, reject=None)
+    with caplog.at_level(logging.INFO, logger="megfm_hf.data.preprocessing"):
+        preprocessed = processor.preprocess(evokeds)
+    assert sorted(_masked(preprocessed)) == sorted([flat, noisy, "MEG 2443"])
+    assert (preprocessed.data[:, ~preprocessed.mask] == 0).all()
+    assert "3 sensors detected as flat or noisy are masked" in caplog.text
+    undetected = MEGProcessor(**EVOKED_PROCESSOR, reject=None, detect_bads=False)
+    assert undetected.preprocess(evokeds).mask.all()
+    # one condition alone is enough to find them
+    assert sorted(_masked(processor.preprocess(evokeds[0]))) == sorted([flat, noisy, "MEG 2443"])
+
+
+def _real_epochs(meg_data_dir, *, flat=None, noisy=None):
+    """0.2-s epochs of the real Neuromag recording, with a sensor made flat or noisy."""
+    raw = mne.io.read_raw_fif(
+        meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif", preload=True, verbose="error"
+    )
+    rng = np.random.default_rng(1)
+    if flat is not None:
+        raw._data[raw.ch_names.index(flat)] = 0.0
+    if noisy is not None:
+        raw._data[raw.ch_names.index(noisy)] += 1e-10 * rng.standard_normal(len(raw.times))
+    return mne.make_fixed_length_epochs(raw, duration=0.2, preload=True, verbose="error")
+
+
+def test_flat_and_noisy_sensors_of_epochs_are_masked(meg_data_dir):
+    processor = MEGProcessor(**EVOKED_PROCESSOR, reject=None)
+    assert processor.preprocess(_real_epochs(meg_data_dir)).mask.all()
+    epochs = _real_epochs(meg_data_dir, flat="MEG 0121", noisy="MEG 2412")
+    preprocessed = processor.preprocess(epochs)
+    assert len(epochs) == 5 and preprocessed.data.shape[0] == 5
+    assert sorted(_masked(preprocessed)) == ["MEG 0121", "MEG 2412"]
+    assert (preprocessed.data[:, ~preprocessed.mask] == 0).all()  # in every epoch
+    undetected = MEGProcessor(**EVOKED_PROCESSOR, reject=None, detect_bads=False)
+    assert undetected.preprocess(epochs).mask.all()
+    disabled = MEGProcessor(**EVOKED_PROCESSOR, reject=None, noisy_zscore=None)
+    assert _masked(disabled.preprocess(epochs)) == ["MEG 0121"]
+
+
+def test_flat_thresholds_of_averages_scale_with_the_trials_averaged(meg_data_dir):
+    """A sensor whose average is below the single-trial threshold is flat as a single trial but
+    not as an average of many trials, whose noise is sqrt(nave) times smaller."""
+    (evoked,) = read_recording(meg_data_dir / "ctf151-somatosensory/somMDYO-18av.ds")
+    evoked.info["bads"] = []
+    quiet = evoked.ch_names.index("MLC11-606")
+    evoked.data[quiet] *= 2e-16 / evoked.data[quiet].std()  # 5 times below 1e-15 T
+    processor = MEGProcessor(**EVOKED_PROCESSOR, reject=None)
+    evoked.nave = 302
+    assert processor.preprocess(evoked).mask.all()  # threshold 1e-15 / sqrt(302) = 5.8e-17
+    evoked.nave = 1
+    assert _masked(processor.preprocess(evoked)) == ["MLC11-606"]
+    as_epochs = mne.EpochsArray(evoked.data[None], evoked.info, tmin=evoked.tmin, verbose="error")
+    assert _masked(processor.preprocess(as_epochs)) == ["MLC11-606"]
+    # conditions of 3 and 6 trials have the noise of 1 / mean(1/3, 1/6) = 4 trials
+    halved = averaged_flat_thresholds({"magnetometer": 2e-15}, [3, 6])
+    assert halved["magnetometer"] == pytest.approx(1e-15)
+    assert halved["axial_gradiometer"] == pytest.approx(
+        DEFAULT_FLAT_THRESHOLDS["axial_gradiometer"] / 2
+    )

@@ -175,11 +175,22 @@ class MEGProcessor(FeatureExtractionMixin):
         Peak-to-peak rejection thresholds per sensor type name, in model units (``None``: no
         rejection). Defaults to :data:`DEFAULT_REJECT`.
     detect_bads : bool
-        Mask sensors detected as flat or noisy, in addition to ``info["bads"]``.
+        Mask sensors detected as flat or noisy, in addition to ``info["bads"]``, for continuous
+        data, epochs and evoked responses alike. Detection runs on the MEG sensors in SI units
+        before filtering; for epochs and evoked responses on all segments together (every epoch,
+        or every condition), a detected sensor being masked in all of them. For evoked responses
+        the flat thresholds are divided by ``sqrt(nave)`` (the noise of an average of ``nave``
+        trials is that much smaller; see
+        :func:`~megfm_hf.data.preprocessing.preprocess_segments`); the noisy check is the same,
+        since the evoked response, spread over many sensors, leaves good sensors of real
+        averages well below the default z-score.
     flat_thresholds : dict | None
-        Per-sensor standard deviation below which a sensor is flat, in T or T/m, per type name.
+        Per-sensor standard deviation below which a sensor is flat, in T or T/m, per type name,
+        for single trials (defaults:
+        :data:`~megfm_hf.data.preprocessing.DEFAULT_FLAT_THRESHOLDS`).
     noisy_zscore : float | None
-        Robust z-score of a sensor's log standard deviation above which it is noisy.
+        Robust z-score of a sensor's log standard deviation above which it is noisy (``None``
+        disables the check).
     anonymize : bool
         Anonymize recordings when they are read (:func:`megfm_hf.data.anonymize.anonymize`).
     keep_meas_date : bool
@@ -358,6 +369,9 @@ class MEGProcessor(FeatureExtractionMixin):
             h_freq=self.h_freq,
             scalings=self.scalings,
             scaling_mode=self.scaling_mode,
+            detect_bads=self.detect_bads,
+            flat_thresholds=self.flat_thresholds,
+            noisy_zscore=self.noisy_zscore,
             path=path,
         )
 
