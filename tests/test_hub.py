@@ -744,6 +744,65 @@ def test_card_says_which_subjects_were_evaluated(model_dir):
     assert "Which subjects were classified, and whether they were held out" in text
 
 
+def test_card_scores_subjects_in_and_out_of_pretraining_separately(model_dir):
+    classification = METRICS["classification"]
+    by_pretraining = {
+        "pretraining": {
+            "n_subjects": 10,
+            "features": {"logistic_regression": 0.92},
+            "raw": {"logistic_regression": 0.61},
+        },
+        "held_out": {
+            "n_subjects": 6,
+            "features": {"logistic_regression": 0.48},
+            "raw": {"logistic_regression": 0.55},
+        },
+    }
+    metrics = {
+        **METRICS,
+        "classification": {
+            **classification,
+            "subjects": "all labelled",
+            "n_pretraining_subjects": 10,
+            "roc_auc_by_pretraining": by_pretraining,
+        },
+        "classification_held_out": {**classification, "n_subjects": 6, "folds": 3},
+    }
+    text = build_model_card(model_dir, metrics=metrics).content
+    section = text.split("### Classification")[1].split("#### Subjects held out of pretraining")[0]
+    # after the tables of all labelled subjects, which it splits
+    assert section.index("| classifier | difference in ROC AUC |") < section.index(
+        "scored separately"
+    )
+    assert "not evidence that they generalise to new subjects" in section
+    for row in (
+        "| input | classifier | 10 subjects in pretraining | 6 subjects held out of pretraining |",
+        "| pretrained features | logistic_regression | 0.920 | 0.480 |",
+        "| raw-signal features | logistic_regression | 0.610 | 0.550 |",
+    ):
+        assert row in section, row
+    assert "all of one class" not in section
+    assert "\n\n\n" not in text.split("### Classification")[1]
+
+    # a group of one class: the evaluation writes None (NaN), the card says why
+    by_pretraining["held_out"]["features"]["logistic_regression"] = None
+    by_pretraining["held_out"]["raw"]["logistic_regression"] = float("nan")
+    text = str(build_model_card(model_dir, metrics=metrics))
+    assert "| pretrained features | logistic_regression | 0.920 | n/a |" in text
+    assert "| raw-signal features | logistic_regression | 0.610 | n/a |" in text
+    assert "n/a: not defined, the group's subjects are all of one class." in text
+
+    # absent (older metrics, or all classified subjects on one side) or empty: no table
+    for value in (None, {}):
+        metrics["classification"]["roc_auc_by_pretraining"] = value
+        text = str(build_model_card(model_dir, metrics=metrics))
+        assert "scored separately" not in text and "subjects in pretraining |" not in text
+    del metrics["classification"]["roc_auc_by_pretraining"]
+    text = str(build_model_card(model_dir, metrics=metrics))
+    assert "scored separately" not in text and "subjects in pretraining |" not in text
+    assert "| pretrained features | logistic_regression | 0.810 [0.650, 0.950] |" in text
+
+
 # --------------------------------------------------------------------------- pushes
 
 

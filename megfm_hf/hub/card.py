@@ -759,11 +759,49 @@ def _classification(metrics: Mapping[str, Any]) -> dict | None:
         "positive_label": labels[0] if labels else None,
         "subjects": _classification_subjects(section),
         "held_out": _classification_tables(_section(metrics, "classification_held_out")),
+        "by_pretraining": _pretraining_split(section),
         # a result on subjects the model saw, with none restricted to the others
         "missing_held_out": section.get("subjects") == "all labelled"
         and n_pretraining != 0
         and not _section(metrics, "classification_held_out"),
     }
+
+
+def _single_class(value: Any) -> bool:
+    """Whether a per-group AUROC is recorded as undefined (``None`` in JSON, NaN before)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _pretraining_split(section: Mapping[str, Any]) -> dict | None:
+    """``roc_auc_by_pretraining`` of a classification section for the card, or ``None``.
+
+    The evaluation scores the same out-of-fold subject probabilities separately on the
+    classified subjects the model was pretrained on (group ``pretraining``) and on the others
+    (``held_out``): ``{group: {"n_subjects": n, input: {classifier: AUROC}}}``, with ``None``
+    where a group holds a single class. One row per input and classifier, one column per group.
+    """
+    groups = {
+        group: values
+        for group, values in _section(section, "roc_auc_by_pretraining").items()
+        if isinstance(values, Mapping)
+    }
+    names = {"pretraining": "in pretraining", "held_out": "held out of pretraining"}
+    columns = [
+        f"{values.get('n_subjects', 'n/a')} subjects {names.get(group, group)}"
+        for group, values in groups.items()
+    ]
+    rows, undefined = [], False
+    for source, label in (("features", "pretrained features"), ("raw", "raw-signal features")):
+        classifiers = dict.fromkeys(c for v in groups.values() for c in _section(v, source))
+        for classifier in classifiers:
+            cells = [_section(values, source).get(classifier) for values in groups.values()]
+            undefined |= any(_single_class(cell) for cell in cells)
+            rows.append(
+                {"input": label, "classifier": classifier, "cells": [_fmt(c) for c in cells]}
+            )
+    if not rows:
+        return None
+    return {"columns": columns, "rows": rows, "undefined": undefined}
 
 
 def _evaluated_subjects(metrics: Mapping[str, Any], model_dir: Path) -> str | None:
