@@ -15,8 +15,10 @@ from megfm_hf.data import (
     sensor_array,
     sensor_type_code,
 )
-from megfm_hf.data.preprocessing import preprocess_raw
+from megfm_hf.data.preprocessing import boundary_samples, preprocess_raw, resample_by_piece
+from megfm_hf.data.readers import CTF_CLOCK_CHANNEL, mark_trial_boundaries
 from megfm_hf.data.testing import make_raw
+from megfm_hf.data.windowing import annotation_onsets
 from megfm_hf.modeling.configuration_megfm import SENSOR_TYPES
 
 MAG, PLANAR, AXIAL, OPM = range(4)
@@ -176,7 +178,7 @@ def test_identity_dev_head_t_means_device_coordinates(meg_data_dir):
     assert sensor_array(info).coordinate_frame == "head"
 
 
-# -- recordings in pieces: resampled piece by piece ------------------------------------------
+# -- recordings in pieces (trials, concatenations): resampled piece by piece ----------------
 
 CTF_TRIALS = "ctf275/testdata_ctf_short_discontinuous.ds"  # two trials of 1201 samples, 1200 Hz
 # no high-pass: removing each sensor's mean over the whole recording would differ from the pieces
@@ -201,27 +203,41 @@ def test_ctf_trials_are_resampled_one_by_one(meg_data_dir):
     assert np.abs(one_piece[:, first.shape[1] :] - second).max() > 1e-3 * np.abs(second).max()
 
 
-def test_saved_concatenation_is_split_at_its_boundaries(meg_data_dir, tmp_path):
+def test_saved_concatenation_is_resampled_piece_by_piece(meg_data_dir, tmp_path):
     raw = mne.io.read_raw_fif(
         meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif", verbose="error"
     )
     half = raw.n_times // 2 / raw.info["sfreq"]
     pieces = [raw.copy().crop(0, half, include_tmax=False), raw.copy().crop(half, None)]
     saved = tmp_path / "joined_raw.fif"
-    mne.concatenate_raws([p.copy() for p in pieces], verbose="error").save(saved, verbose="error")
-    # read back as one piece by MNE; split again here, with the boundary marked once
-    assert len(mne.io.read_raw_fif(saved, verbose="error").filenames) == 1
-    joined = read_recording(saved)
-    assert len(joined.filenames) == 2
-    assert sorted(joined.annotations.description) == ["BAD boundary", "EDGE boundary"]
-    np.testing.assert_array_equal(joined.get_data(), raw.get_data())
+    joined = mne.concatenate_raws([p.copy() for p in pieces], verbose="error")
+    joined.annotations.append(joined.first_time + 0.1, 0.2, "BAD_blink")
+    joined.save(saved, verbose="error")
+    # read back, MNE sees one piece; its boundary is still annotated
+    recording = read_recording(saved)
+    assert len(recording.filenames) == 1
+    np.testing.assert_array_equal(boundary_samples(recording), [pieces[0].n_times])
     separately = np.concatenate([_preprocessed(p) for p in pieces], axis=1)
-    np.testing.assert_allclose(_preprocessed(joined), separately, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_preprocessed(recording), separately, rtol=0, atol=1e-6)
+
+    resampled = resample_by_piece(recording.load_data(verbose="error"), 150.0)
+    assert resampled.info["sfreq"] == 150.0
+    # the boundary marked once, where it was; the other annotations kept
+    assert sorted(resampled.annotations.description) == [
+        "BAD boundary",
+        "BAD_blink",
+        "EDGE boundary",
+    ]
+    np.testing.assert_allclose(
+        np.sort(annotation_onsets(resampled)), np.sort(annotation_onsets(recording)), atol=1 / 150
+    )
 
 
-def test_recording_in_one_piece_is_not_split(meg_data_dir):
+def test_recording_in_one_piece_is_resampled_in_place(meg_data_dir):
     path = meg_data_dir / "kit160/Example_RICOH160-1_10020-export_anonymyze.con"
-    assert len(read_recording(path).filenames) == 1
+    raw = read_recording(path).load_data(verbose="error")
+    assert len(boundary_samples(raw)) == 0
+    assert resample_by_piece(raw, 250.0) is raw and raw.info["sfreq"] == 250.0
 
 
 def test_ctf_datasets_in_a_bids_folder_keep_trials_and_averages(meg_data_dir, tmp_path):
@@ -254,3 +270,27 @@ def test_bti_layout_is_detected_and_a_broken_one_named(tmp_path):
     assert detect_format(folder / "c,rfDC") == "bti"
     with pytest.raises(UnreadableRecordingError, match=r"run.*cannot be read as bti MEG data"):
         read_recording(folder)
+
+
+def _ctf_like(clock: np.ndarray | None) -> mne.io.RawArray:
+    """Three trials of 100 samples at 100 Hz, with a system clock channel when ``clock``."""
+    names, types = ["MLC11"], ["mag"]
+    data = [np.random.default_rng(0).standard_normal(300) * 1e-13]
+    if clock is not None:
+        names, types, data = names + [CTF_CLOCK_CHANNEL], types + ["misc"], data + [clock]
+    return mne.io.RawArray(np.array(data), mne.create_info(names, 100.0, types), verbose="error")
+
+
+def test_only_gaps_between_ctf_trials_are_marked(caplog):
+    # continuous acquisition, written in blocks: the clock runs on across trials
+    steady = 5000.0 + np.arange(300) / 100.0
+    assert len(mark_trial_boundaries(_ctf_like(steady), 100).annotations) == 0
+    # epoched acquisition: 7 s missing before the third trial
+    gapped = steady + 7.0 * (np.arange(300) >= 200)
+    raw = mark_trial_boundaries(_ctf_like(gapped), 100)
+    assert sorted(raw.annotations.description) == ["BAD boundary", "EDGE boundary"]
+    np.testing.assert_allclose(raw.annotations.onset, 2.0)
+    # no clock: continuous, as MNE reads it, and the user is told
+    with caplog.at_level("WARNING", logger="megfm_hf.data.readers"):
+        assert len(mark_trial_boundaries(_ctf_like(None), 100).annotations) == 0
+    assert "3 trials of 100 samples and no system clock channel" in caplog.text

@@ -32,6 +32,7 @@ from .errors import (
     UnreadableRecordingError,
 )
 from .sensors import SensorArray, pick_meg_sensors, sensor_array
+from .windowing import annotation_onsets
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +401,7 @@ def preprocess_raw(
         # resampling first (its anti-alias filter removes everything above the new Nyquist
         # frequency, which lies above h_freq) makes the notch and band-pass filters several times
         # cheaper; upsampling happens last for the same reason
-        raw.resample(sfreq, verbose="error")
+        raw = resample_by_piece(raw, sfreq)
     with warnings.catch_warnings():
         # short recordings are shorter than the high-pass filter; MNE warns, the edges distort
         warnings.filterwarnings("ignore", message=".*longer than the signal.*")
@@ -412,7 +413,7 @@ def preprocess_raw(
         if l_freq is not None or h_freq is not None:
             raw.filter(l_freq, h_freq, picks="all", verbose="error")
     if not np.isclose(raw.info["sfreq"], sfreq):
-        raw.resample(sfreq, verbose="error")
+        raw = resample_by_piece(raw, sfreq)
 
     data = raw.get_data()
     factors = scale_factors(data, sensors.types, mask, scalings=scalings, mode=scaling_mode)
@@ -427,6 +428,77 @@ def preprocess_raw(
         scalings={name: float(scalings[name]) for name in SENSOR_TYPES},
         line_freq=None if line_freq is None else float(line_freq),
     )
+
+
+def boundary_samples(raw: mne.io.BaseRaw) -> np.ndarray:
+    """Samples where a recording jumps from one piece of data to the next.
+
+    The pieces are those :func:`mne.concatenate_raws` joined, or the trials of a CTF dataset
+    (:func:`~megfm_hf.data.readers.mark_trial_boundaries`): both are marked by zero-duration
+    ``EDGE`` annotations, which MNE's filters already treat as ends of the data. Unlike the
+    pieces of a concatenation in memory, the marks survive saving and reading back.
+
+    Parameters
+    ----------
+    raw : mne.io.BaseRaw
+        The recording.
+
+    Returns
+    -------
+    samples : np.ndarray of int
+        Sorted sample indices, from the first sample of the data, strictly inside it.
+    """
+    edges = [
+        description.upper().startswith("EDGE") and duration == 0
+        for description, duration in zip(
+            raw.annotations.description, raw.annotations.duration, strict=True
+        )
+    ]
+    onsets = annotation_onsets(raw)[np.asarray(edges, dtype=bool)]
+    samples = np.unique(np.round(onsets * raw.info["sfreq"]).astype(np.int64))
+    return samples[(samples > 0) & (samples < raw.n_times)]
+
+
+def resample_by_piece(raw: mne.io.BaseRaw, sfreq: float) -> mne.io.BaseRaw:
+    """Resample a loaded recording to ``sfreq``, each piece between boundaries on its own.
+
+    :meth:`mne.io.Raw.resample` resamples the pieces of a concatenation in memory separately,
+    but a recording read from a file is one piece to it, however many trials or concatenated
+    recordings it holds: resampled as one, it rings across every jump between them. Here the
+    pieces are found from their ``EDGE`` annotations (:func:`boundary_samples`), resampled one
+    by one, and joined again with :func:`mne.concatenate_raws`, which marks the boundaries as
+    before; the other annotations are kept.
+
+    Parameters
+    ----------
+    raw : mne.io.BaseRaw
+        A loaded recording; resampled in place when it is in one piece.
+    sfreq : float
+        The new sampling rate in Hz.
+
+    Returns
+    -------
+    raw : mne.io.BaseRaw
+        ``raw`` itself, or a new recording when it was resampled piece by piece.
+    """
+    cuts = boundary_samples(raw)
+    if not len(cuts):
+        return raw.resample(sfreq, verbose="error")
+    bounds = np.concatenate([[0], cuts, [raw.n_times]])
+    pieces = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        piece = mne.io.RawArray(
+            raw.get_data(start=start, stop=stop),
+            raw.info,
+            first_samp=raw.first_samp + start,
+            verbose="error",
+        )
+        pieces.append(piece.resample(sfreq, verbose="error"))
+    joined = mne.concatenate_raws(pieces, verbose="error")
+    # concatenate_raws marks the boundaries again; the other annotations come from the original
+    boundary = np.isin(raw.annotations.description, ["BAD boundary", "EDGE boundary"])
+    joined.set_annotations(joined.annotations + raw.annotations[~boundary])
+    return joined
 
 
 def _auto_line_freq(
@@ -683,6 +755,7 @@ __all__ = [
     "LINE_FREQS",
     "PreprocessedData",
     "averaged_flat_thresholds",
+    "boundary_samples",
     "check_band",
     "condition_name",
     "detect_bad_sensors",
@@ -690,5 +763,6 @@ __all__ = [
     "line_noise_prominence",
     "preprocess_raw",
     "preprocess_segments",
+    "resample_by_piece",
     "scale_factors",
 ]

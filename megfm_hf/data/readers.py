@@ -35,7 +35,6 @@ import mne
 import numpy as np
 
 from .errors import RecordingNotFoundError, UnreadableRecordingError
-from .windowing import annotation_onsets
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +108,8 @@ def read_recording(
     -------
     recording : mne.io.BaseRaw | list of mne.Evoked
         A raw recording, or one evoked response per condition for evoked FIF files and
-        averaged CTF datasets. A recording in several pieces (the trials of a CTF dataset, or
-        pieces concatenated before it was saved) is returned as the concatenation of its pieces,
-        so that it is resampled piece by piece (:func:`split_trials`,
-        :func:`split_at_boundaries`).
+        averaged CTF datasets. Gaps between the trials of a CTF dataset are annotated
+        (:func:`mark_trial_boundaries`).
 
     Raises
     ------
@@ -127,16 +124,13 @@ def read_recording(
     fmt = fmt or detect_format(path)
     kwargs = dict(reader_kwargs or {})
     try:
-        recording = _read(path, fmt, kwargs)
+        return _read(path, fmt, kwargs)
     except (RecordingNotFoundError, UnreadableRecordingError):
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
         raise UnreadableRecordingError(
             path, f"cannot be read as {fmt} MEG data ({type(err).__name__}: {err})"
         ) from err
-    if isinstance(recording, mne.io.BaseRaw):
-        return split_at_boundaries(recording)
-    return recording
 
 
 def _read(path: Path, fmt: str, kwargs: dict[str, Any]) -> mne.io.BaseRaw | list[mne.Evoked]:
@@ -228,7 +222,7 @@ def read_ctf_header(path: str | Path) -> CTFHeader:
 
 
 def _ctf_recording(path: Path, raw: mne.io.BaseRaw) -> mne.io.BaseRaw | list[mne.Evoked]:
-    """A CTF recording split into its trials, or an averaged dataset as one evoked response.
+    """A CTF recording with its trials marked, or an averaged dataset as one evoked response.
 
     An averaged dataset stores the average as its first trial (later trials hold derived
     traces, such as the plus-minus average); it is returned with its time axis from the
@@ -236,7 +230,7 @@ def _ctf_recording(path: Path, raw: mne.io.BaseRaw) -> mne.io.BaseRaw | list[mne
     """
     header = read_ctf_header(path)
     if header.n_averaged <= 0:
-        return split_trials(raw, header.trial_samples)
+        return mark_trial_boundaries(raw, header.trial_samples)
     if not 0 < header.trial_samples <= raw.n_times:
         raise UnreadableRecordingError(
             path,
@@ -255,90 +249,66 @@ def _ctf_recording(path: Path, raw: mne.io.BaseRaw) -> mne.io.BaseRaw | list[mne
     return [evoked]
 
 
-BOUNDARY_DESCRIPTIONS = ("BAD boundary", "EDGE boundary")
-"""The annotations :func:`mne.concatenate_raws` puts between concatenated recordings."""
+CTF_CLOCK_CHANNEL = "SCLK01-177"
+"""The CTF system clock channel: it counts acquisition time, sample by sample."""
 
 
-def split_trials(raw: mne.io.BaseRaw, trial_samples: int) -> mne.io.BaseRaw:
-    """Return a multi-trial (discontinuous) recording as the concatenation of its trials.
+def mark_trial_boundaries(raw: mne.io.BaseRaw, trial_samples: int) -> mne.io.BaseRaw:
+    """Annotate the gaps between the trials of a CTF recording.
 
-    A CTF dataset recorded in trials stores them one after the other; MNE reads them as one
-    continuous recording. Returned as :func:`mne.concatenate_raws` of its trials instead, each
-    boundary carries the ``"BAD boundary"`` and ``"EDGE boundary"`` annotations, so that filters
-    treat the trials separately, resampling runs trial by trial (MNE resamples the pieces of a
-    concatenated recording separately) and no window crosses from one trial into the next.
+    CTF acquisition writes data in trials: a continuous recording in blocks that follow one
+    another without a gap, an epoched one only around triggers, with the time between trials
+    left out. MNE reads both as one continuous recording. The system clock channel
+    (:data:`CTF_CLOCK_CHANNEL`) tells them apart: where it jumps between the last sample of one
+    trial and the first of the next, time is missing. Each such boundary gets the
+    ``"BAD boundary"`` and ``"EDGE boundary"`` annotations that :func:`mne.concatenate_raws`
+    puts between concatenated recordings, so that filtering and resampling treat the trials
+    separately and no window crosses from one trial into the next. Without a clock channel the
+    trials are taken as continuous, as MNE reads them, with a warning.
 
     Parameters
     ----------
     raw : mne.io.BaseRaw
-        The recording, not loaded (``preload=False``); not modified.
+        The recording; its annotations are extended in place.
     trial_samples : int
-        Samples per trial; a recording of a single trial is returned unchanged.
+        Samples per trial; nothing is marked when the recording is a single trial.
 
     Returns
     -------
     raw : mne.io.BaseRaw
+        The same object.
     """
-    if not 0 < trial_samples < raw.n_times:
+    if not 1 < trial_samples < raw.n_times:
         return raw
-    cuts = np.arange(trial_samples, raw.n_times, trial_samples)
-    logger.info("recording split into %d trials of %d samples", len(cuts) + 1, trial_samples)
-    return _concatenate_pieces(raw, cuts)
-
-
-def split_at_boundaries(raw: mne.io.BaseRaw) -> mne.io.BaseRaw:
-    """Return a recording saved from concatenated pieces as the concatenation of those pieces.
-
-    :func:`mne.concatenate_raws` marks where one recording ends and the next begins with
-    zero-duration ``"EDGE boundary"`` annotations. Once saved and read back, the recording is one
-    piece again: filters still respect the boundaries, but resampling would run across them and
-    ring at each jump. Split again at its boundaries, it is resampled piece by piece.
-
-    Parameters
-    ----------
-    raw : mne.io.BaseRaw
-        A recording as read from one file, not loaded (``preload=False``); not modified.
-
-    Returns
-    -------
-    raw : mne.io.BaseRaw
-        ``raw`` itself when it has no boundary inside it, is loaded already or holds several
-        pieces already.
-    """
-    if raw.preload or len(raw.filenames) > 1:
-        return raw
-    edges = [
-        i
-        for i, (description, duration) in enumerate(
-            zip(raw.annotations.description, raw.annotations.duration, strict=True)
+    edges = np.arange(trial_samples, raw.n_times, trial_samples)
+    if CTF_CLOCK_CHANNEL not in raw.ch_names:
+        logger.warning(
+            "%s: %d trials of %d samples and no system clock channel %s to tell whether time is "
+            "missing between them; they are read as one continuous recording",
+            raw.filenames[0] if raw.filenames else "<in-memory recording>",
+            len(edges) + 1,
+            trial_samples,
+            CTF_CLOCK_CHANNEL,
         )
-        if description.upper().startswith("EDGE") and duration == 0
-    ]
-    onsets = annotation_onsets(raw)[edges]
-    cuts = np.unique(np.round(onsets * raw.info["sfreq"]).astype(np.int64))
-    cuts = cuts[(cuts > 0) & (cuts < raw.n_times)]
-    if not len(cuts):
         return raw
-    logger.info("recording split at %d boundaries between concatenated pieces", len(cuts))
-    return _concatenate_pieces(raw, cuts)
+    gaps = edges[[_clock_jumps(raw, edge) for edge in edges]]
+    if not len(gaps):
+        logger.info(
+            "%d trials of %d samples follow one another without gaps", len(edges) + 1, trial_samples
+        )
+        return raw
+    # as in mne.concatenate_raws: annotation onsets count from first_samp = 0
+    onsets = (gaps + raw.first_samp) / raw.info["sfreq"]
+    raw.annotations.append(np.repeat(onsets, 2), 0.0, ["BAD boundary", "EDGE boundary"] * len(gaps))
+    logger.info("marked %d gaps between trials of %d samples", len(gaps), trial_samples)
+    return raw
 
 
-def _concatenate_pieces(raw: mne.io.BaseRaw, cuts: np.ndarray) -> mne.io.BaseRaw:
-    """Cut a recording (not loaded) at the samples ``cuts`` and concatenate the pieces again."""
-    sfreq = raw.info["sfreq"]
-    source = raw.copy()
-    # the boundary annotations already at the cuts would be doubled by concatenate_raws
-    samples = np.round(annotation_onsets(source) * sfreq).astype(np.int64)
-    at_cut = np.isin(samples, cuts) & np.isin(source.annotations.description, BOUNDARY_DESCRIPTIONS)
-    source.annotations.delete(np.flatnonzero(at_cut))
-    bounds = np.concatenate([[0], cuts, [raw.n_times]])
-    pieces = []
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        piece = source.copy().crop(tmin=start / sfreq, tmax=(stop - 1) / sfreq)
-        if piece.n_times != stop - start:  # pragma: no cover - MNE's crop rounds to samples
-            raise RuntimeError(f"cropping samples {start}-{stop} gave {piece.n_times} samples")
-        pieces.append(piece)
-    return mne.concatenate_raws(pieces, preload=False, verbose="error")
+def _clock_jumps(raw: mne.io.BaseRaw, edge: int) -> bool:
+    """Whether the system clock steps from sample ``edge - 1`` to ``edge`` unlike within a trial."""
+    clock = raw.get_data(picks=[CTF_CLOCK_CHANNEL], start=edge - 2, stop=edge + 1)[0]
+    within, across = np.diff(clock)
+    return bool(abs(across - within) > 0.5 * abs(within))
 
 
 def _kit_side_files(path: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -392,7 +362,7 @@ def read_bids_recording(
     Returns
     -------
     recording : mne.io.BaseRaw | list of mne.Evoked
-        The raw recording (split into its trials or concatenated pieces, as by
+        The raw recording (with the trials of a CTF dataset marked, as by
         :func:`read_recording`), or one evoked response for an averaged CTF dataset.
     """
     import mne_bids
@@ -409,7 +379,7 @@ def read_bids_recording(
         )
         if path.suffix.lower() == ".ds":
             return _ctf_recording(path, raw)
-        return split_at_boundaries(raw)
+        return raw
     except UnreadableRecordingError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
@@ -421,8 +391,8 @@ def read_bids_recording(
 __all__ = [
     "Recording",
     "detect_format",
-    "split_at_boundaries",
-    "split_trials",
+    "CTF_CLOCK_CHANNEL",
+    "mark_trial_boundaries",
     "read_bids_recording",
     "read_recording",
 ]
