@@ -332,16 +332,17 @@ def sensor_type_scale(
     """Root mean square of each window's visible signal per sensor type, per sensor `(B, S)`.
 
     Only present tokens count, so the scale of a window never reveals a hidden signal. Types
-    absent from a window get a scale of 1.
+    absent from a window get a scale of 1. Sums run in float32 by elementwise products rather
+    than matrix products, which autocast would run in float16, where summed squares overflow.
     """
     batch_size, num_sensors, _ = input_values.shape
     power = input_values.float().view(batch_size, num_sensors, -1, patch_length).pow(2).mean(dim=-1)
     weights = torch.ones_like(power) if present is None else present.to(power.dtype)
-    one_hot = F.one_hot(sensor_types.long(), num_types).to(power.dtype)
-    total = torch.einsum("bsp,bsc->bc", power * weights, one_hot)
-    count = torch.einsum("bsp,bsc->bc", weights, one_hot)
+    one_hot = F.one_hot(sensor_types.long(), num_types).to(power.dtype)  # (B, S, C)
+    total = ((power * weights).sum(dim=-1, keepdim=True) * one_hot).sum(dim=1)  # (B, C)
+    count = (weights.sum(dim=-1, keepdim=True) * one_hot).sum(dim=1)
     rms = torch.where(count > 0, (total / count.clamp(min=1.0)).sqrt(), torch.ones_like(total))
-    return torch.einsum("bsc,bc->bs", one_hot, rms.clamp(min=1e-12))
+    return (one_hot * rms.clamp(min=1e-12).unsqueeze(1)).sum(dim=-1)
 
 
 class MEGGeometryEmbedding(nn.Module):

@@ -150,3 +150,38 @@ def test_features_command_names_what_is_missing(
     assert main([*args, str(tmp_path / "absent.fif")]) == 1
     assert "absent.fif" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_float16_features_stay_finite_on_large_signals(meg_data_dir, model_and_processor):
+    """Its first window (a filter transient up to 54 model units) overflowed the per-type
+    scales in float16: 204 gradiometers' summed squares exceed float16's range."""
+    model, processor = model_and_processor
+    processed = processor.process(meg_data_dir / RECORDING, reject=False)
+    assert np.abs(processed.windows([0])).max() > 20
+    full = extract_features(model, processor, processed, progress=False)
+    half = extract_features(
+        model, processor, processed, autocast_dtype=torch.float16, progress=False
+    )
+    assert np.isfinite(half.pooled).all()
+    np.testing.assert_allclose(half.pooled, full.pooled, atol=0.05 * np.abs(full.pooled).max())
+
+
+def test_features_that_are_not_finite_name_their_window(meg_data_dir, model_and_processor):
+    _, processor = model_and_processor
+    broken = MEGModel(model_and_processor[0].config)
+    with torch.no_grad():
+        broken.encoder.norm.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"window at 0\.000 s are not finite"):
+        extract_features(broken, processor, meg_data_dir / RECORDING, progress=False)
+
+
+def test_processed_recordings_must_fit_the_model(meg_data_dir, model_and_processor):
+    model, processor = model_and_processor
+    other_rate = MEGProcessor(sfreq=200.0, patch_length=10, window_seconds=0.5, h_freq=40.0)
+    raw_sss = meg_data_dir / "neuromag306/sample_audvis_trunc_raw_sss.fif"
+    processed = other_rate.process(raw_sss, reject=False)
+    with pytest.raises(ValueError, match=r"sfreq=200 Hz.*does not fit the model"):
+        extract_features(model, processor, processed, progress=False)
+    processed = processor.process(meg_data_dir / RECORDING, reject=False)
+    with pytest.raises(ValueError, match="processed already"):
+        extract_features(model, processor, processed, mode="fixed", progress=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,17 @@ def _encoder(model: MEGPreTrainedModel) -> MEGModel:
             f"got {type(model).__name__}"
         )
     return encoder
+
+
+def _check_processed(processed: ProcessedRecording, config: Any) -> None:
+    """Raise if a processed recording's windows do not fit a ``MEGConfig``."""
+    sfreq = processed.preprocessed.sfreq
+    if not np.isclose(sfreq, config.sampling_rate) or processed.n_samples % config.patch_length:
+        raise ValueError(
+            f"the processed recording (sfreq={sfreq:g} Hz, windows of {processed.n_samples} "
+            f"samples) does not fit the model (sampling_rate={config.sampling_rate:g} Hz, "
+            f"patch_length={config.patch_length}): process it with the model's processor"
+        )
 
 
 @torch.inference_mode()
@@ -105,13 +117,24 @@ def extract_features(
     Raises
     ------
     ValueError
-        When the processor's windows do not fit the model (sampling rate, patch length).
+        When the processor's or the processed recording's windows do not fit the model
+        (sampling rate, patch length), or ``event_id`` or ``mode`` come with a recording
+        processed already.
+    FloatingPointError
+        When a window's features are not finite (float16 overflows where float32 and
+        bfloat16 do not), naming the window.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     encoder = _encoder(model)
     processor.check_model_config(encoder.config)
     if isinstance(source, ProcessedRecording):
+        if event_id is not None or mode is not None:
+            raise ValueError(
+                "event_id and mode choose the windows of a recording being processed; this one "
+                "was processed already (pass the recording itself to choose its windows here)"
+            )
+        _check_processed(source, encoder.config)
         processed = source
     else:
         processed = processor.process(source, event_id=event_id, mode=mode, reject=False)
@@ -151,6 +174,13 @@ def extract_features(
                     output_token_states=return_tokens,
                 )
             pooled[indices] = output.pooler_output[:count].float().cpu().numpy()
+            if not np.isfinite(pooled[indices]).all():
+                bad = indices[np.flatnonzero(~np.isfinite(pooled[indices]).all(axis=1))[0]]
+                raise FloatingPointError(
+                    f"features of the window at {processed.plan.onsets_s[bad]:.3f} s are not "
+                    f"finite under autocast_dtype={autocast_dtype}; float32 or bfloat16 keep "
+                    "their range"
+                )
             if return_tokens:
                 states = output.last_hidden_state[:count].float().cpu().numpy()
                 if tokens is None:
