@@ -185,3 +185,21 @@ def test_processed_recordings_must_fit_the_model(meg_data_dir, model_and_process
     processed = processor.process(meg_data_dir / RECORDING, reject=False)
     with pytest.raises(ValueError, match="processed already"):
         extract_features(model, processor, processed, mode="fixed", progress=False)
+
+
+def test_features_command_keeps_going_past_a_broken_recording(
+    meg_data_dir, model_and_processor, tmp_path, capsys
+):
+    model, processor = model_and_processor
+    folder = tmp_path / "model"
+    MEGModel(model.config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    broken = tmp_path / "broken_raw.fif"
+    broken.write_bytes(b"not a FIF file")
+    good = meg_data_dir / RECORDING
+    output = tmp_path / "out"
+    args = ["features", "--model", str(folder), "--output", str(output), "--no-progress"]
+    assert main([*args, str(broken), str(good)]) == 1
+    assert sorted(p.name for p in output.iterdir()) == ["141027_cropped_90Hz_raw.npz"]
+    err = capsys.readouterr().err
+    assert "1 of 2 recordings gave no features" in err and "broken_raw.fif: cannot be read" in err

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.cli import parse_events
+from ..data.errors import MEGDataError
 from ..data.processor import MEGProcessor
 from ..evaluation.loading import check_model_folder
 from ..modeling.configuration_megfm import POOLING_MODES
@@ -99,7 +100,11 @@ def _output_name(recording: Path, taken: set[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``features``; return 0 on success, 1 on bad input."""
+    """Run ``features``; return 0 on success, 1 on bad input.
+
+    A recording that cannot be read or windowed is reported and skipped: the features of the
+    others are still written, and the exit code is 1.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -119,20 +124,33 @@ def run(args: argparse.Namespace) -> int:
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
+        failures: list[str] = []
         for recording in recordings:
-            features = extract_features(
-                model,
-                processor,
-                recording,
-                batch_size=args.batch_size,
-                event_id=args.events,
-                return_tokens=args.tokens,
-                autocast_dtype=DTYPES[args.dtype],
-                torch_compile=args.compile,
-                progress=not args.no_progress,
-            )
-            path = save_features(features, output / f"{_output_name(recording, taken)}.npz")
+            name = _output_name(recording, taken)
+            try:
+                features = extract_features(
+                    model,
+                    processor,
+                    recording,
+                    batch_size=args.batch_size,
+                    event_id=args.events,
+                    return_tokens=args.tokens,
+                    autocast_dtype=DTYPES[args.dtype],
+                    torch_compile=args.compile,
+                    progress=not args.no_progress,
+                )
+            except (MEGDataError, FloatingPointError) as err:
+                # one bad recording costs its own features only; the others are still written
+                logger.error("%s: no features: %s", recording, err)
+                failures.append(str(err))
+                continue
+            path = save_features(features, output / f"{name}.npz")
             logger.info("%s: %d windows -> %s", recording.name, len(features.pooled), path)
+        if failures:
+            raise ValueError(
+                f"{len(failures)} of {len(recordings)} recordings gave no features:\n  "
+                + "\n  ".join(failures)
+            )
     except (FileNotFoundError, ValueError) as err:
         print(f"megfm features: error: {err}", file=sys.stderr)
         return 1
