@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import mne
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
+from megfm_hf.cli import main as megfm_main
+from megfm_hf.data.manifest import manifest_from_bids
 from megfm_hf.simulation import (
     EVENT_ID,
     GROUND_TRUTH_RELPATH,
@@ -22,6 +25,7 @@ from megfm_hf.simulation import (
     simulate_cohort,
 )
 from megfm_hf.simulation import cli as simulation_cli
+from megfm_hf.simulation import cohort as cohort_module
 
 SEED = 7
 
@@ -194,6 +198,12 @@ def test_ground_truth_has_conditions_and_subjects(small_cohort):
         assert len(condition["top_sensors"]["mag"]) == len(condition["top_sensors"]["grad"]) == 10
     ids = [s["participant_id"] for s in truth["subjects"]]
     assert ids == ["sub-01", "sub-02"]
+    assert truth["config"]["geometry"] == {
+        "source": "builtin",
+        "system": "built-in Neuromag-like helmet",
+        "n_sensors": {"grad": 204, "mag": 102},
+        "coil_types": {"VV_MAG_T3": 102, "VV_PLANAR_T1": 204},
+    }
     for subject in truth["subjects"]:
         assert {"group", "alpha_peak_hz", "habituation", "auditory_moment_nAm"} <= set(subject)
 
@@ -320,24 +330,63 @@ def test_habituation_difference_is_measurable_and_absent_in_null(cohorts, habitu
     assert effect_gap - null_gap > 0.2
 
 
-def test_geometry_from_ctf_and_kit_files(meg_data_dir, tmp_path):
-    for relative, n_sensors in (
-        ("ctf275/testdata_ctf_short_discontinuous.ds", 273),
-        ("kit157/test.sqd", 157),
-    ):
-        root = tmp_path / Path(relative).stem
-        result = simulate_cohort(
-            root, n_subjects=1, duration=8.0, geometry=meg_data_dir / relative, progress=False
-        )
-        raw = _read(root, "sub-01", "somatosensory")
-        assert len(mne.pick_types(raw.info, meg=True, ref_meg=False)) == n_sensors
-        truth = json.loads(result.ground_truth_path.read_text())
-        assert truth["config"]["geometry"] == Path(relative).name
-        assert "mag" in truth["conditions"]["auditory/left"]["top_sensors"]
-        epochs = _epochs(raw, 1.0, 80.0)
-        evoked = epochs[str(EVENT_ID["somatosensory/right"])].average()
-        top = _top_channels(evoked, "mag", 0.015, 0.06)
-        assert np.mean(_head_x(raw.info, top) < 0) >= 0.6, relative
+def _written_text(root: Path) -> dict[str, str]:
+    """Every JSON and TSV file the simulation wrote, by path relative to ``root``."""
+    return {
+        str(p.relative_to(root)): p.read_text(encoding="utf-8")
+        for p in sorted(root.rglob("*"))
+        if p.suffix in (".json", ".tsv")
+    }
+
+
+@pytest.mark.parametrize(
+    ("relative", "system", "coil", "n_sensors"),
+    [
+        ("ctf275/testdata_ctf_short_discontinuous.ds", "CTF", "CTF_GRAD", 273),
+        # its info carries a person's name (his_id): neither it nor the file name may leak
+        ("ctf151-somatosensory/somMDYO-18av.ds", "CTF", "CTF_GRAD", 151),
+        ("kit157/test.sqd", "KIT/Yokogawa/Ricoh", "KIT_GRAD", 157),
+    ],
+)
+def test_geometry_from_ctf_and_kit_files(meg_data_dir, tmp_path, relative, system, coil, n_sensors):
+    source = meg_data_dir / relative
+    root = tmp_path / "bids"
+    result = simulate_cohort(root, n_subjects=1, duration=8.0, geometry=source, progress=False)
+    raw = _read(root, "sub-01", "somatosensory")
+    assert len(mne.pick_types(raw.info, meg=True, ref_meg=False)) == n_sensors
+    truth = json.loads(result.ground_truth_path.read_text())
+    # the sensor array is described by its system and sensors, not by the file it came from
+    assert truth["config"]["geometry"] == {
+        "source": "recording",
+        "system": system,
+        "n_sensors": {"mag": n_sensors},
+        "coil_types": {coil: n_sensors},
+    }
+    stem = source.name.split(".")[0]  # e.g. somMDYO-18av; a bare "test" would match any text
+    forbidden = [source.name, str(source.parent)] + ([stem] if len(stem) > 4 else [])
+    written = _written_text(root)
+    assert "derivatives/ground_truth.json" in written and "participants.tsv" in written
+    for name, text in written.items():
+        for word in forbidden:
+            assert word.lower() not in text.lower(), (word, name)
+    reader = mne.io.read_raw_ctf if source.is_dir() else mne.io.read_raw_kit
+    his_id = (reader(source, verbose="error").info["subject_info"] or {}).get("his_id")
+    if his_id and not his_id.startswith("Anonymized"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert his_id.encode() not in path.read_bytes(), path
+    assert "mag" in truth["conditions"]["auditory/left"]["top_sensors"]
+    epochs = _epochs(raw, 1.0, 80.0)
+    evoked = epochs[str(EVENT_ID["somatosensory/right"])].average()
+    top = _top_channels(evoked, "mag", 0.015, 0.06)
+    assert np.mean(_head_x(raw.info, top) < 0) >= 0.6, relative
+
+
+def test_unreadable_geometry_file_raises(tmp_path):
+    damaged = tmp_path / "damaged_raw.fif"
+    damaged.write_text("not a FIF file")
+    with pytest.raises(ValueError, match="damaged_raw.fif.*cannot be read as a FIF file"):
+        read_sensor_info(damaged)
 
 
 def test_builtin_helmet_forward_ready():
@@ -395,6 +444,76 @@ def test_existing_output_needs_overwrite(small_cohort):
         simulate_cohort(small_cohort, n_subjects=2, seed=SEED, duration=10.0, progress=False)
 
 
+def _subject_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("sub-"))
+
+
+def test_overwrite_replaces_a_larger_cohort(tmp_path):
+    root = tmp_path / "bids"
+    common = dict(seed=SEED, duration=6.0, progress=False)
+    simulate_cohort(root, n_subjects=4, **common)
+    assert _subject_folders(root) == ["sub-01", "sub-02", "sub-03", "sub-04"]
+    result = simulate_cohort(root, n_subjects=2, overwrite=True, **common)
+    assert _subject_folders(root) == ["sub-01", "sub-02"]
+    # nothing of the earlier cohort and no staging folder stays
+    assert sorted(p.name for p in root.iterdir()) == [
+        "README", "dataset_description.json", "derivatives", "participants.json",
+        "participants.tsv", "sub-01", "sub-02",
+    ]  # fmt: skip
+    assert [p.name for p in (root / "derivatives").iterdir()] == ["ground_truth.json"]
+    assert all(path.is_file() and root in path.parents for path in result.files)
+    assert len(result.files) == 6
+    truth = _truth(root)
+    assert [s["participant_id"] for s in truth["subjects"]] == ["sub-01", "sub-02"]
+    participants = (root / "participants.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[0] for line in participants] == ["sub-01", "sub-02"]
+    manifest = manifest_from_bids(root)
+    assert sorted({spec.subject for spec in manifest}) == ["01", "02"]
+    assert len(manifest) == 6
+    assert {spec.label for spec in manifest} == {"control", "migraine"}
+    # the same cohort written fresh is the same, byte for byte
+    fresh = tmp_path / "fresh"
+    simulate_cohort(fresh, n_subjects=2, **common)
+    assert _data_files(root) == _data_files(fresh)
+
+
+def test_failed_overwrite_keeps_the_previous_cohort(small_cohort, tmp_path, monkeypatch):
+    root = tmp_path / "bids"
+    shutil.copytree(small_cohort, root)
+    before = _data_files(root)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(cohort_module, "_write_participants", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        simulate_cohort(root, n_subjects=1, duration=6.0, overwrite=True, progress=False)
+    assert _data_files(root) == before
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.name for p in small_cohort.iterdir())
+
+
+def test_overwrite_never_deletes_what_the_simulation_did_not_write(small_cohort, tmp_path):
+    # a folder that holds no simulated cohort
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    (other / "sub-01").mkdir()
+    with pytest.raises(FileExistsError, match=f"{other.name}.*holds no derivatives/ground_truth"):
+        simulate_cohort(other, n_subjects=1, duration=6.0, overwrite=True, progress=False)
+    assert (other / "notes.txt").read_text() == "keep me"
+    # a simulated cohort to which files were added: they are named and nothing is deleted
+    root = tmp_path / "bids"
+    shutil.copytree(small_cohort, root)
+    (root / "code").mkdir()
+    (root / "code" / "analysis.py").write_text("print('mine')")
+    (root / "sub-01" / "anat").mkdir()
+    (root / "sub-01" / "anat" / "sub-01_T1w.nii").write_bytes(b"mri")
+    before = _data_files(root)
+    with pytest.raises(FileExistsError, match=r"bids.*'code'.*'sub-01/anat/sub-01_T1w.nii'"):
+        simulate_cohort(root, n_subjects=1, duration=6.0, overwrite=True, progress=False)
+    assert _data_files(root) == before
+
+
 def test_command_line(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     simulation_cli.configure_parser(parser)
@@ -408,3 +527,29 @@ def test_command_line(tmp_path, capsys):
     truth = _truth(output)
     assert truth["config"]["effect_size"] == 0.0 and truth["config"]["sfreq_hz"] == 200.0
     assert _fif(output, "sub-02", "rest").is_file()
+
+
+def test_command_line_reports_bad_input_without_traceback(tmp_path, capsys):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    damaged = tmp_path / "damaged_raw.fif"
+    damaged.write_text("not a FIF file")
+    common = ["--duration", "6", "--no-progress"]
+    cases = [
+        (["--output", str(tmp_path / "a"), "--seed", "-1"], "seed must be a non-negative"),
+        (["--output", str(occupied)], f"output {str(occupied)!r} is not empty"),
+        (["--output", str(occupied), "--overwrite"], "holds no derivatives/ground_truth.json"),
+        (["--output", str(tmp_path / "b"), "--geometry", str(tmp_path / "nowhere.fif")],
+         "nowhere.fif' does not exist"),
+        (["--output", str(tmp_path / "c"), "--geometry", str(damaged)],
+         "cannot be read as a FIF file"),
+    ]  # fmt: skip
+    for arguments, message in cases:
+        assert megfm_main(["simulate", *arguments, *common]) == 1, arguments
+        captured = capsys.readouterr()
+        assert captured.err.startswith("megfm simulate: error: "), captured.err
+        assert message in captured.err, (arguments, captured.err)
+        assert "Traceback" not in captured.err and not captured.out
+    assert (occupied / "notes.txt").read_text() == "keep me"
+    assert not any((tmp_path / name).exists() for name in "abc")

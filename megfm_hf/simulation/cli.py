@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
+from ..data.errors import MEGDataError
 from .cohort import GROUND_TRUTH_RELPATH, CohortConfig, simulate_cohort
 
 logger = logging.getLogger(__name__)
@@ -43,25 +45,37 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--isi", type=float, default=_DEFAULTS.isi,
         help=f"mean stimulus onset interval in seconds (default {_DEFAULTS.isi:g})",
     )  # fmt: skip
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a cohort simulated in --output before (a folder holding anything else is "
+        "never deleted)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate the cohort described by ``args``; return the exit status."""
-    config = CohortConfig(
-        n_subjects=args.subjects,
-        seed=args.seed,
-        effect_size=args.effect_size,
-        duration=args.duration,
-        sfreq=args.sfreq,
-        geometry=args.geometry,
-        isi=args.isi,
-    )
+    """Generate the cohort described by ``args``; return the exit status (0 written, 1 failed).
+
+    Bad options, a missing or unreadable ``--geometry`` and an output folder that may not be
+    replaced are reported as ``megfm simulate: error: <message>`` on stderr, without traceback.
+    """
     start = time.perf_counter()
-    result = simulate_cohort(
-        args.output, config, overwrite=args.overwrite, progress=not args.no_progress
-    )
+    try:
+        config = CohortConfig(
+            n_subjects=args.subjects,
+            seed=args.seed,
+            effect_size=args.effect_size,
+            duration=args.duration,
+            sfreq=args.sfreq,
+            geometry=args.geometry,
+            isi=args.isi,
+        )
+        result = simulate_cohort(
+            args.output, config, overwrite=args.overwrite, progress=not args.no_progress
+        )
+    except (MEGDataError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        print(f"megfm simulate: error: {err}", file=sys.stderr)
+        return 1
     groups = [subject.group for subject in result.subjects]
     print(
         f"Wrote {len(result.subjects)} subjects ({groups.count('control')} control, "

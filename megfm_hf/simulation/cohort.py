@@ -19,6 +19,8 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ import numpy as np
 from mne.io.constants import FIFF
 from tqdm.auto import tqdm
 
-from .geometry import SensorGeometry, load_geometry
+from .geometry import SensorGeometry, describe_sensor_array, load_geometry
 from .sources import (
     CANONICAL_DIPOLES,
     PlacedSources,
@@ -58,6 +60,19 @@ EVENT_ID = {
 }
 #: location of the ground truth, relative to the BIDS root
 GROUND_TRUTH_RELPATH = Path("derivatives") / "ground_truth.json"
+#: how the ground truth's description begins: marks a folder this simulation wrote
+GROUND_TRUTH_DESCRIPTION = "Ground truth of a simulated MEG cohort (megfm_hf.simulation)."
+#: files the simulation (through mne-bids) writes at the top of the BIDS root
+_ROOT_FILES = frozenset(
+    {"README", "dataset_description.json", "participants.tsv", "participants.json"}
+)
+#: prefix of the folders, inside the BIDS root, where a cohort is written before it is swapped in
+_STAGING_PREFIX = ".megfm-simulation-"
+#: files the simulation writes in a subject folder, relative to the BIDS root
+_SUBJECT_FILE = re.compile(
+    r"(sub-[A-Za-z0-9]+)/(?:\1_scans\.tsv|meg/\1_(?:coordsystem\.json"
+    r"|task-(?:rest|auditory|somatosensory)_[A-Za-z0-9_-]+\.(?:fif|json|tsv)))"
+)
 #: lowest sampling rate that represents the 20-ms somatosensory component (4-ms Gaussian), Hz
 MIN_SFREQ = 150.0
 MAX_SFREQ = 10_000.0
@@ -586,10 +601,10 @@ def _ground_truth(
     subjects: list[SubjectParameters],
 ) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "description": (
-            "Ground truth of a simulated MEG cohort (megfm_hf.simulation). Positions are in head "
-            "coordinates (m; +x right, +y nose, +z up); moments in nA*m."
+            f"{GROUND_TRUTH_DESCRIPTION} Positions are in head coordinates (m; +x right, +y "
+            "nose, +z up); moments in nA*m."
         ),
         "config": {
             "n_subjects": config.n_subjects,
@@ -600,7 +615,8 @@ def _ground_truth(
             "isi_s": config.isi,
             "isi_jitter_s": config.isi_jitter,
             "n_background_sources": config.n_background_sources,
-            "geometry": "builtin" if config.geometry is None else Path(config.geometry).name,
+            # what the sensor array is, never its file name (which may carry a subject id)
+            "geometry": describe_sensor_array(geometry),
             "n_meg_channels": len(geometry.ch_names),
         },
         "head_model": {
@@ -638,70 +654,113 @@ def _ground_truth(
     }
 
 
-def simulate_cohort(
-    output: str | Path,
-    config: CohortConfig | None = None,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    **options: object,
-) -> CohortResult:
-    """Write a simulated patient/control MEG cohort as a BIDS dataset.
+def _is_staging(entry: Path) -> bool:
+    """A folder where a cohort is being written (or was, by a run that was killed)."""
+    return entry.name.startswith(_STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink()
 
-    Parameters
-    ----------
-    output : str | pathlib.Path
-        BIDS root to create.
-    config : CohortConfig | None
-        Cohort options; ``None`` builds one from ``options`` (the :class:`CohortConfig` fields,
-        e.g. ``n_subjects=4, seed=1, effect_size=0.0``).
-    overwrite : bool
-        Replace a dataset already at ``output``; otherwise a non-empty ``output`` is an error.
-    progress : bool
-        Show a progress bar over subjects.
-    **options
-        :class:`CohortConfig` fields, used when ``config`` is None.
 
-    Returns
-    -------
-    result : CohortResult
-        The root, the ground-truth path, the planted parameters and the written files.
+def _foreign_entries(root: Path, skip: frozenset[Path] = frozenset()) -> list[str]:
+    """Paths (relative to ``root``) of what this simulation did not write there."""
+    foreign = []
+    for entry in sorted(root.iterdir()):
+        name = entry.name
+        if entry in skip or _is_staging(entry):
+            continue
+        if entry.is_symlink():
+            foreign.append(name)
+        elif name in _ROOT_FILES and entry.is_file():
+            continue
+        elif name == GROUND_TRUTH_RELPATH.parent.name and entry.is_dir():
+            for child in sorted(entry.iterdir()):
+                if child != root / GROUND_TRUTH_RELPATH or child.is_symlink() or child.is_dir():
+                    foreign.append(f"{name}/{child.name}")
+        elif name.startswith("sub-") and entry.is_dir():
+            for folder, subfolders, filenames in os.walk(entry):
+                here = Path(folder)
+                for child in sorted(subfolders + filenames):
+                    path = here / child
+                    relative = path.relative_to(root).as_posix()
+                    if path.is_symlink() or (
+                        path.is_file() and not _SUBJECT_FILE.fullmatch(relative)
+                    ):
+                        foreign.append(relative)
+        else:
+            foreign.append(name)
+    return foreign
 
-    Raises
-    ------
-    ValueError
-        For invalid options (see :class:`CohortConfig`) or a geometry without MEG sensors.
-    FileNotFoundError
-        If the geometry file does not exist.
-    FileExistsError
-        If ``output`` is not empty and ``overwrite`` is False.
 
-    Notes
-    -----
-    Layout: ``sub-XX/meg/sub-XX_task-{rest,auditory,somatosensory}_meg.fif`` with their
-    sidecars, ``participants.tsv`` (``participant_id``, ``group``) and
-    ``derivatives/ground_truth.json``. Event codes: 1 left tone, 2 right tone, 3 left median
-    nerve, 4 right median nerve (channel ``STI 014`` and ``*_events.tsv``). The forward model is
-    computed once for the cohort. No measurement date, machine id or personal data is written.
-    """
-    if config is None:
-        config = CohortConfig(**options)  # type: ignore[arg-type]
-    elif options:
-        raise ValueError(f"pass either config or options, not both; got options {sorted(options)}")
-    root = Path(output)
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"output {str(root)!r} exists and is not a folder; expected a folder")
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
+def _is_simulated_cohort(root: Path) -> bool:
+    path = root / GROUND_TRUTH_RELPATH
+    try:
+        truth = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(truth, dict) and str(truth.get("description", "")).startswith(
+        GROUND_TRUTH_DESCRIPTION
+    )
+
+
+def _check_replaceable(root: Path, skip: frozenset[Path] = frozenset()) -> None:
+    """Raise ``FileExistsError`` unless ``root`` holds only a cohort this simulation wrote."""
+    if all(entry in skip or _is_staging(entry) for entry in root.iterdir()):
+        return
+    if not _is_simulated_cohort(root):
         raise FileExistsError(
-            f"output {str(root)!r} is not empty; pass overwrite=True (--overwrite) to replace it"
+            f"output {str(root)!r} is not empty and holds no {GROUND_TRUTH_RELPATH.as_posix()} "
+            "written by this simulation; overwrite=True (--overwrite) only replaces a cohort "
+            "simulated there before. Choose an empty folder, or remove its contents yourself"
         )
-    geometry = load_geometry(config.geometry, sfreq=config.sfreq)
-    sources = place_sources(geometry, _rng(config, 0, 0), config.n_background_sources)
-    groups = assign_groups(config)
-    subjects = [draw_subject_parameters(config, index, group) for index, group in enumerate(groups)]
-    root.mkdir(parents=True, exist_ok=True)
-    ground_truth_path = root / GROUND_TRUTH_RELPATH
-    ground_truth_path.unlink(missing_ok=True)  # its presence marks a complete cohort
+    foreign = _foreign_entries(root, skip)
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise FileExistsError(
+            f"output {str(root)!r} holds a simulated cohort but also files this simulation did "
+            f"not write ({shown}{more}); overwrite=True (--overwrite) does not delete them. "
+            "Move them elsewhere or choose another folder"
+        )
+
+
+def _swap_in(root: Path, staging: Path) -> None:
+    """Replace what ``root`` holds (a previous cohort, if any) by the contents of ``staging``.
+
+    The previous cohort is moved aside first and deleted only once the new one is in place;
+    should a move fail, what was moved goes back.
+    """
+    # again: files may have appeared while the cohort was written
+    _check_replaceable(root, frozenset({staging}))
+    retired = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}old-", dir=root))
+    skip = frozenset({staging, retired})
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for entry in sorted(root.iterdir()):
+            if entry not in skip:
+                os.replace(entry, retired / entry.name)
+                moved_out.append(entry.name)
+        for entry in sorted(staging.iterdir()):
+            os.replace(entry, root / entry.name)
+            moved_in.append(entry.name)
+    except BaseException:
+        for name in reversed(moved_in):
+            os.replace(root / name, staging / name)
+        for name in reversed(moved_out):
+            os.replace(retired / name, root / name)
+        shutil.rmtree(retired, ignore_errors=True)
+        raise
+    staging.rmdir()
+    shutil.rmtree(retired)
+
+
+def _write_cohort(
+    root: Path,
+    config: CohortConfig,
+    geometry: SensorGeometry,
+    sources: PlacedSources,
+    subjects: list[SubjectParameters],
+    progress: bool,
+) -> list[Path]:
+    """Write the recordings, participants table and ground truth under ``root``."""
     files: list[Path] = []
     for index, params in enumerate(
         tqdm(subjects, desc="simulating subjects", disable=not progress)
@@ -733,7 +792,98 @@ def simulate_cohort(
             files.append(bids_path.fpath)
     _write_participants(root, subjects)
     truth = _ground_truth(config, geometry, sources, subjects)
-    _atomic_write_text(ground_truth_path, json.dumps(truth, indent=2) + "\n")
+    _atomic_write_text(root / GROUND_TRUTH_RELPATH, json.dumps(truth, indent=2) + "\n")
+    return files
+
+
+def simulate_cohort(
+    output: str | Path,
+    config: CohortConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options: object,
+) -> CohortResult:
+    """Write a simulated patient/control MEG cohort as a BIDS dataset.
+
+    Parameters
+    ----------
+    output : str | pathlib.Path
+        BIDS root to create.
+    config : CohortConfig | None
+        Cohort options; ``None`` builds one from ``options`` (the :class:`CohortConfig` fields,
+        e.g. ``n_subjects=4, seed=1, effect_size=0.0``).
+    overwrite : bool
+        Replace a cohort this simulation wrote at ``output`` before (every file of it, so none
+        of a larger earlier cohort stays); otherwise a non-empty ``output`` is an error. A
+        folder that holds anything else is never deleted: it is an error even with ``overwrite``.
+    progress : bool
+        Show a progress bar over subjects.
+    **options
+        :class:`CohortConfig` fields, used when ``config`` is None.
+
+    Returns
+    -------
+    result : CohortResult
+        The root, the ground-truth path, the planted parameters and the written files.
+
+    Raises
+    ------
+    ValueError
+        For invalid options (see :class:`CohortConfig`), an unreadable geometry file or one
+        without MEG sensors.
+    FileNotFoundError
+        If the geometry file does not exist.
+    FileExistsError
+        If ``output`` is not empty and ``overwrite`` is False, or if, with ``overwrite``, it
+        holds anything but a cohort this simulation wrote.
+
+    Notes
+    -----
+    Layout: ``sub-XX/meg/sub-XX_task-{rest,auditory,somatosensory}_meg.fif`` with their
+    sidecars, ``participants.tsv`` (``participant_id``, ``group``) and
+    ``derivatives/ground_truth.json``. Event codes: 1 left tone, 2 right tone, 3 left median
+    nerve, 4 right median nerve (channel ``STI 014`` and ``*_events.tsv``). The forward model is
+    computed once for the cohort. No measurement date, machine id or personal data is written;
+    the ground truth describes the sensor array by its system and sensor counts, not by the
+    name of the file it came from.
+
+    The cohort is written into a hidden folder inside ``output`` and moved into place only
+    when complete, so a failed or interrupted run leaves the previous cohort (if any) as it
+    was; the previous cohort is deleted once the new one is in place.
+    """
+    if config is None:
+        config = CohortConfig(**options)  # type: ignore[arg-type]
+    elif options:
+        raise ValueError(f"pass either config or options, not both; got options {sorted(options)}")
+    root = Path(output)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output {str(root)!r} exists and is not a folder; expected a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"output {str(root)!r} is not empty; pass overwrite=True (--overwrite) to "
+                "replace a cohort simulated there before"
+            )
+        _check_replaceable(root)  # before minutes of simulation, not after
+    geometry = load_geometry(config.geometry, sfreq=config.sfreq)
+    sources = place_sources(geometry, _rng(config, 0, 0), config.n_background_sources)
+    groups = assign_groups(config)
+    subjects = [draw_subject_parameters(config, index, group) for index, group in enumerate(groups)]
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=root))
+    try:
+        staged = _write_cohort(staging, config, geometry, sources, subjects, progress)
+        _swap_in(root, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only if nothing else appeared there meanwhile
+        raise
+    files = [root / path.relative_to(staging) for path in staged]
+    ground_truth_path = root / GROUND_TRUTH_RELPATH
     logger.info("Wrote %d subjects (%d recordings) to %s", len(subjects), len(files), root)
     return CohortResult(
         root=root, ground_truth_path=ground_truth_path, subjects=subjects, files=files

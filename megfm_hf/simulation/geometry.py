@@ -16,6 +16,7 @@ import mne
 import numpy as np
 from mne.io.constants import FIFF
 
+from ..data.errors import UnreadableRecordingError
 from ..data.sensors import fit_sphere
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,21 @@ DEFAULT_FIDUCIALS = {
 
 _FIF_SUFFIXES = (".fif", ".fif.gz")
 _KIT_SUFFIXES = (".sqd", ".con")
+#: MEG system of each family of coil types (prefix of the ``FIFF.FIFFV_COIL_*`` constant name)
+_COIL_SYSTEMS = (
+    ("VV_", "MEGIN/Elekta Neuromag Vectorview/TRIUX"),
+    ("NM_122", "Neuromag-122"),
+    ("CTF_", "CTF"),
+    ("KIT_", "KIT/Yokogawa/Ricoh"),
+    ("MAGNES_", "4D Neuroimaging/BTi Magnes"),
+    ("BABY_", "BabyMEG/BabySQUID"),
+    ("ARTEMIS123_", "Artemis 123"),
+    ("QUSPIN_", "QuSpin OPM"),
+    ("FIELDLINE_", "FieldLine OPM"),
+    ("KERNEL_", "Kernel OPM"),
+    ("KRISS_", "KRISS"),
+    ("COMPUMEDICS_", "Compumedics"),
+)
 
 
 @dataclass(frozen=True)
@@ -167,20 +183,28 @@ def _set_fiducials(info: mne.Info, fiducials: dict[str, tuple[float, float, floa
 def _read_info(path: Path) -> mne.Info:
     name = path.name.lower()
     if path.is_dir():
-        if name.endswith(".ds"):
-            return mne.io.read_raw_ctf(path, preload=False, verbose="error").info
+        if not name.endswith(".ds"):
+            raise ValueError(
+                f"geometry {str(path)!r} is a folder but not a CTF .ds folder; expected a FIF "
+                f"file (raw or evoked), a CTF .ds folder or a KIT .sqd/.con file"
+            )
+        kind, reader = "CTF .ds folder", mne.io.read_raw_ctf
+    elif name.endswith(_FIF_SUFFIXES):
+        kind, reader = "FIF file", mne.io.read_info
+    elif name.endswith(_KIT_SUFFIXES):
+        kind, reader = "KIT file", mne.io.read_raw_kit
+    else:
         raise ValueError(
-            f"geometry {str(path)!r} is a folder but not a CTF .ds folder; expected a FIF file "
-            f"(raw or evoked), a CTF .ds folder or a KIT .sqd/.con file"
+            f"geometry {str(path)!r} has an unsupported format; expected a FIF file (.fif, "
+            f".fif.gz; raw or evoked), a CTF .ds folder or a KIT .sqd/.con file"
         )
-    if name.endswith(_FIF_SUFFIXES):
-        return mne.io.read_info(path, verbose="error")
-    if name.endswith(_KIT_SUFFIXES):
-        return mne.io.read_raw_kit(path, preload=False, verbose="error").info
-    raise ValueError(
-        f"geometry {str(path)!r} has an unsupported format; expected a FIF file (.fif, .fif.gz; "
-        f"raw or evoked), a CTF .ds folder or a KIT .sqd/.con file"
-    )
+    try:
+        info = reader(path, verbose="error")
+    except Exception as err:  # MNE's readers fail on damaged files with any kind of error
+        raise UnreadableRecordingError(
+            path, f"cannot be read as a {kind} ({type(err).__name__}: {err})"
+        ) from err
+    return info if isinstance(info, mne.Info) else info.info
 
 
 def write_builtin_helmet(
@@ -236,7 +260,9 @@ def read_sensor_info(path: str | Path, sfreq: float = 250.0) -> mne.Info:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the format is not supported or the file holds no MEG sensors.
+        If the format is not supported or the file holds no MEG sensors;
+        :class:`~megfm_hf.data.errors.UnreadableRecordingError` (a ``ValueError``) if MNE's
+        reader fails on it.
     """
     path = Path(path)
     if not path.exists():
@@ -283,6 +309,59 @@ def _fiducials_from(info: mne.Info) -> dict[str, tuple[float, float, float]]:
         ):
             found[names[point["ident"]]] = tuple(float(v) for v in point["r"])
     return found if len(found) == 3 else dict(DEFAULT_FIDUCIALS)
+
+
+def _coil_names() -> dict[int, str]:
+    names: dict[int, str] = {}
+    for constant in sorted(dir(FIFF)):
+        if constant.startswith("FIFFV_COIL_"):
+            names.setdefault(int(getattr(FIFF, constant)), constant.removeprefix("FIFFV_COIL_"))
+    return names
+
+
+def describe_sensor_array(geometry: SensorGeometry) -> dict:
+    """What the sensor array is, without anything that identifies the recording it came from.
+
+    Parameters
+    ----------
+    geometry : SensorGeometry
+        The sensor array.
+
+    Returns
+    -------
+    description : dict
+        ``source`` (``"builtin"`` or ``"recording"``: never the file name, which often holds a
+        subject identifier), ``system`` (the MEG system(s) whose coil types the sensors have,
+        e.g. ``"CTF"``; the built-in helmet is named as such), ``n_sensors`` (count per MNE
+        channel type) and ``coil_types`` (count per coil type, named as MNE's ``FIFFV_COIL_*``
+        constants without the prefix, e.g. ``"CTF_GRAD"``). Sensor counts and coil types are
+        properties of the device model, shared by every recording made with it.
+    """
+    names = _coil_names()
+    coil_types: dict[str, int] = {}
+    for ch in geometry.info["chs"]:
+        code = int(ch["coil_type"]) & 0xFFFF
+        coil = names.get(code, f"coil type {code}")
+        coil_types[coil] = coil_types.get(coil, 0) + 1
+    n_sensors: dict[str, int] = {}
+    for ch_type in geometry.info.get_channel_types():
+        n_sensors[ch_type] = n_sensors.get(ch_type, 0) + 1
+    if geometry.source == "builtin":
+        system = "built-in Neuromag-like helmet"
+    else:
+        systems = {
+            label
+            for coil in coil_types
+            for prefix, label in _COIL_SYSTEMS
+            if coil.startswith(prefix)
+        }
+        system = " + ".join(sorted(systems)) or "unknown"
+    return {
+        "source": "builtin" if geometry.source == "builtin" else "recording",
+        "system": system,
+        "n_sensors": dict(sorted(n_sensors.items())),
+        "coil_types": dict(sorted(coil_types.items())),
+    }
 
 
 def load_geometry(path: str | Path | None = None, sfreq: float = 250.0) -> SensorGeometry:
