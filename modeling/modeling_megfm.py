@@ -911,7 +911,8 @@ class MEGFactorizedEncoder(nn.Module):
         sub_present = _take_grid(present[..., None], sensors, patches)[..., 0]
         result = self._encode(_take_grid(grid, sensors, patches), sub_present, False, False)
         states = result.grid * sub_present[..., None].to(result.grid.dtype)
-        full = grid.new_zeros(batch_size, num_sensors, num_patches, hidden_size)
+        # in the dtype of the encoded states (float32 from LayerNorm under CUDA autocast)
+        full = states.new_zeros(batch_size, num_sensors, num_patches, hidden_size)
         # Put the sub-grid back: patches of every kept sensor, then the kept sensors.
         rows = full.new_zeros(batch_size, sensors.shape[1], num_patches, hidden_size)
         rows.scatter_(2, patches[:, None, :, None].expand_as(states), states)

@@ -637,3 +637,24 @@ def test_classification_labels_of_minus_100_are_left_out_of_the_loss():
         model(**batch, labels=torch.tensor([1, -2, 0]))
     with pytest.raises(ValueError, match="labels hold class 3 "):
         model(**batch, labels=torch.tensor([3, 0, 0]))
+
+
+@pytest.mark.parametrize("mode", ["factorized", "full"])
+def test_bf16_training_with_absent_sensors_under_float32_layer_norm(mode, monkeypatch):
+    """CUDA autocast runs LayerNorm in float32 (CPU autocast keeps bfloat16): the encoded
+    sub-grid of present tokens is then float32 and must be put back into the full grid as it
+    is, whatever dtype the input grid had."""
+    layer_norm = F.layer_norm
+
+    def float32_layer_norm(input, *args, **kwargs):
+        return layer_norm(input.float(), *args, **kwargs)
+
+    monkeypatch.setattr(F, "layer_norm", float32_layer_norm)
+    torch.manual_seed(0)
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode)).train()
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
+    batch["sensor_mask"][:, 5] = False  # a bad sensor in every window
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
