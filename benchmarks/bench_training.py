@@ -453,14 +453,19 @@ def train_megfm(
         row["parameters"] = sum(p.numel() for p in model.parameters())
         row["attn_implementation"] = model.config._attn_implementation
 
-        def one_step(net: torch.nn.Module, batch: dict) -> None:
+        def one_step(net: torch.nn.Module, batch: dict, decode_visible: bool = False) -> None:
             with settings.autocast():
-                loss = net(**batch, decode_visible=settings.decode_visible).loss
-            loss.backward()
+                loss = net(**batch, decode_visible=settings.decode_visible or decode_visible)
+            loss.loss.backward()
 
         # The mask is an input, as in pretraining, where the collator draws it.
         batches = [{**inputs, "mask": mask} for mask in collator_masks(model, settings)]
-        flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1)))
+        # Compiled, the model decodes every token (the data-dependent choice of the hidden ones
+        # is left out while tracing), so its work is counted that way too.
+        flops = count_flops(
+            lambda: one_step(model, batch_of(batches[0], 1), decode_visible=settings.compile)
+        )
+        row["decodes_every_token"] = settings.decode_visible or settings.compile
         model.zero_grad(set_to_none=True)
         if settings.gradient_checkpointing:
             model.activation_checkpointing_enable(

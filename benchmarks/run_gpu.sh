@@ -16,12 +16,12 @@
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
 #   trainer   `megfm pretrain`'s own loop (Trainer, collator, loader workers, bf16) beside the
 #             bare step: does the data path keep the GPU fed? (bench_pretrain.py)
-#   decodeall the default model decoding every token, not only the hidden ones: what the
-#             work it leaves out would cost here
-#   graphs    the default model under torch.compile(mode="reduce-overhead"): CUDA graphs
 #   mixed     padding and speed when a dataset mixes MEG systems (bench_mixed_arrays.py)
 #   finetune  fine-tuning memory on 306 sensors x 30 s windows, full and LoRA, activation
 #             checkpointing off and on: does it fit one 24 GB GPU? (bench_finetuning.py)
+#   decodeall the default model decoding every token, not only the hidden ones: what the
+#             work it leaves out would cost here
+#   graphs    the default model under torch.compile(mode="reduce-overhead"): CUDA graphs
 #
 # --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
 # is stopped when the budget runs out, keeping every measurement it finished. On a machine
@@ -34,7 +34,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
-all_steps=(small base compiled loader trainer decodeall graphs mixed finetune)
+all_steps=(small base compiled loader trainer mixed finetune decodeall graphs)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -56,6 +56,10 @@ done
 results=$(mkdir -p "${results:-$root/benchmarks/results}" && cd "${results:-$root/benchmarks/results}" && pwd)
 cd "$root/benchmarks"
 
+if [ -n "$wheels" ] && [ "$rehearse" = 0 ] && ! compgen -G "$wheels/*.whl" >/dev/null; then
+    echo "no wheels in $wheels: run benchmarks/gpu_wheels.sh and carry .whl, or pass --no-wheels" >&2
+    exit 1
+fi
 if [ -n "$wheels" ] && [ -d "$wheels" ]; then
     site=$(mktemp -d)
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
@@ -97,6 +101,7 @@ log="$results/run_gpu_${device}.log"
 "$py" -c 'import torch, transformers, datasets, megfm_hf; print("torch", torch.__version__,
 "cuda", torch.version.cuda, "| transformers", transformers.__version__, "| datasets",
 datasets.__version__, "| megfm-hf", megfm_hf.__version__, "from", megfm_hf.__file__)' 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "the benchmark packages do not import (see above)" >&2; exit 1; }
 
 prefix="$results/training_${device}"
 declare -A command=(
