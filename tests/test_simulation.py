@@ -362,6 +362,13 @@ def test_geometry_from_ctf_and_kit_files(meg_data_dir, tmp_path, relative, syste
         "n_sensors": {"mag": n_sensors},
         "coil_types": {coil: n_sensors},
     }
+    # no device recorded the data: the sidecars name none, only the simulated system
+    sidecars = sorted((root / "sub-01" / "meg").glob("*_meg.json"))
+    assert len(sidecars) == 3  # one per task
+    for sidecar in sidecars:
+        equipment = json.loads(sidecar.read_text())
+        assert equipment["Manufacturer"] == "n/a"
+        assert equipment["ManufacturersModelName"] == f"simulated: {system}"
     stem = source.name.split(".")[0]  # e.g. somMDYO-18av; a bare "test" would match any text
     forbidden = [source.name, str(source.parent)] + ([stem] if len(stem) > 4 else [])
     written = _written_text(root)

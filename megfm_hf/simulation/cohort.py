@@ -762,6 +762,12 @@ def _write_cohort(
 ) -> list[Path]:
     """Write the recordings, participants table and ground truth under ``root``."""
     files: list[Path] = []
+    # mne-bids names the maker of a FIF file's system (Elekta) whatever the sensor array; no
+    # device recorded these data, so the sidecars say what they are
+    equipment = {
+        "Manufacturer": "n/a",
+        "ManufacturersModelName": f"simulated: {describe_sensor_array(geometry)['system']}",
+    }
     for index, params in enumerate(
         tqdm(subjects, desc="simulating subjects", disable=not progress)
     ):
@@ -788,6 +794,9 @@ def _write_cohort(
                     overwrite=True,
                     verbose="error",
                 )
+            mne_bids.update_sidecar_json(
+                bids_path.copy().update(suffix="meg", extension=".json"), equipment, verbose="error"
+            )
             _scrub_fif_ids(bids_path.fpath)
             files.append(bids_path.fpath)
     _write_participants(root, subjects)
