@@ -32,7 +32,7 @@ from .errors import (
     UnreadableRecordingError,
 )
 from .sensors import SensorArray, pick_meg_sensors, sensor_array
-from .windowing import annotation_onsets
+from .windowing import BOUNDARY_ANNOTATIONS, annotation_onsets
 
 logger = logging.getLogger(__name__)
 
@@ -496,7 +496,7 @@ def resample_by_piece(raw: mne.io.BaseRaw, sfreq: float) -> mne.io.BaseRaw:
         pieces.append(piece.resample(sfreq, verbose="error"))
     joined = mne.concatenate_raws(pieces, verbose="error")
     # concatenate_raws marks the boundaries again; the other annotations come from the original
-    boundary = np.isin(raw.annotations.description, ["BAD boundary", "EDGE boundary"])
+    boundary = np.isin(raw.annotations.description, BOUNDARY_ANNOTATIONS)
     joined.set_annotations(joined.annotations + raw.annotations[~boundary])
     return joined
 

@@ -35,6 +35,7 @@ import mne
 import numpy as np
 
 from .errors import RecordingNotFoundError, UnreadableRecordingError
+from .windowing import BOUNDARY_ANNOTATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def mark_trial_boundaries(raw: mne.io.BaseRaw, trial_samples: int) -> mne.io.Bas
         return raw
     # as in mne.concatenate_raws: annotation onsets count from first_samp = 0
     onsets = (gaps + raw.first_samp) / raw.info["sfreq"]
-    raw.annotations.append(np.repeat(onsets, 2), 0.0, ["BAD boundary", "EDGE boundary"] * len(gaps))
+    raw.annotations.append(np.repeat(onsets, 2), 0.0, list(BOUNDARY_ANNOTATIONS) * len(gaps))
     logger.info("marked %d gaps between trials of %d samples", len(gaps), trial_samples)
     return raw
 

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 #: ``BAD_movement`` or the ``BAD boundary`` between concatenated recordings), and its filters treat
 #: ``EDGE*`` annotations as discontinuities
 BAD_ANNOTATION_PREFIXES = ("bad", "edge")
+#: the annotations :func:`mne.concatenate_raws` puts at each boundary between joined pieces
+BOUNDARY_ANNOTATIONS = ("BAD boundary", "EDGE boundary")
 
 
 @dataclass
@@ -443,6 +445,7 @@ def peak_to_peak_rejection(
 
 __all__ = [
     "BAD_ANNOTATION_PREFIXES",
+    "BOUNDARY_ANNOTATIONS",
     "WindowPlan",
     "annotation_onsets",
     "bad_segments",
