@@ -131,6 +131,10 @@ def _dataset_type(value: str) -> str:
     return slug or "local"
 
 
+#: the two inputs classifiers are compared on: metrics key and how the card names it
+_INPUTS = (("features", "pretrained features"), ("raw", "raw-signal features"))
+
+
 def _number(value: Any) -> float | None:
     """A finite float, or ``None`` for anything else (missing, NaN, text)."""
     if isinstance(value, bool) or value is None:
@@ -716,7 +720,7 @@ def _classification_subjects(section: Mapping[str, Any]) -> str:
 
 def _classification_tables(section: Mapping[str, Any]) -> dict | None:
     rows = []
-    for source, label in (("features", "pretrained features"), ("raw", "raw-signal features")):
+    for source, label in _INPUTS:
         for classifier, values in _section(section, source).items():
             if isinstance(values, Mapping):
                 rows.append(
@@ -767,11 +771,6 @@ def _classification(metrics: Mapping[str, Any]) -> dict | None:
     }
 
 
-def _single_class(value: Any) -> bool:
-    """Whether a per-group AUROC is recorded as undefined (``None`` in JSON, NaN before)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _pretraining_split(section: Mapping[str, Any]) -> dict | None:
     """``roc_auc_by_pretraining`` of a classification section for the card, or ``None``.
 
@@ -791,11 +790,12 @@ def _pretraining_split(section: Mapping[str, Any]) -> dict | None:
         for group, values in groups.items()
     ]
     rows, undefined = [], False
-    for source, label in (("features", "pretrained features"), ("raw", "raw-signal features")):
+    for source, label in _INPUTS:
         classifiers = dict.fromkeys(c for v in groups.values() for c in _section(v, source))
         for classifier in classifiers:
             cells = [_section(values, source).get(classifier) for values in groups.values()]
-            undefined |= any(_single_class(cell) for cell in cells)
+            # undefined where a group holds one class: None in JSON, NaN before
+            undefined |= any(_number(cell) is None for cell in cells)
             rows.append(
                 {"input": label, "classifier": classifier, "cells": [_fmt(c) for c in cells]}
             )
