@@ -174,8 +174,9 @@ def extract_features(
                     output_token_states=return_tokens,
                 )
             pooled[indices] = output.pooler_output[:count].float().cpu().numpy()
-            if not np.isfinite(pooled[indices]).all():
-                bad = indices[np.flatnonzero(~np.isfinite(pooled[indices]).all(axis=1))[0]]
+            finite = np.isfinite(pooled[indices]).all(axis=1)
+            if not finite.all():
+                bad = indices[np.flatnonzero(~finite)[0]]
                 raise FloatingPointError(
                     f"features of the window at {processed.plan.onsets_s[bad]:.3f} s are not "
                     f"finite under autocast_dtype={autocast_dtype}; float32 or bfloat16 keep "

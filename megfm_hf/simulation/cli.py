@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.errors import MEGDataError
 from .cohort import GROUND_TRUTH_RELPATH, CohortConfig, simulate_cohort
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         result = simulate_cohort(
             args.output, config, overwrite=args.overwrite, progress=not args.no_progress
         )
-    except (MEGDataError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    # the package's data errors (an unreadable --geometry) are ValueErrors
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"megfm simulate: error: {err}", file=sys.stderr)
         return 1
     groups = [subject.group for subject in result.subjects]
