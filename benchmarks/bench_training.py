@@ -18,6 +18,11 @@ random windows of ``--sensors`` x ``--samples`` (patches of 25 samples):
   utilisation against a bf16 matmul peak measured in the same run (8192 x 8192 products timed
   with CUDA events).
 
+``--compile`` compiles megfm's blocks (``accelerate.utils.compile_regions``), which keeps the
+encoder on visible tokens and the decoder on hidden ones; ``--compile-scope whole`` compiles the
+whole model into one static graph instead, which encodes (``full``, ``factorized``) and decodes
+(``latent``) every token, and its FLOPs count that work. Peers are compiled whole.
+
 Beside each figure, ``PatchTSTForPretraining`` / ``PatchTSTModel`` from transformers at the same
 input, width, depth, heads, feed-forward width (4 x width) and mask ratio run in the same
 process, and the table reports megfm / PatchTST speed ratios. PatchTST attends within each
@@ -34,6 +39,7 @@ the defaults shrink to what a CPU finishes: batch 8, 306 x 500 samples, width 25
 
     python benchmarks/bench_training.py                       # CPU or GPU defaults
     python benchmarks/bench_training.py --sizes base --modes latent --compile
+    python benchmarks/bench_training.py --modes latent --compile --compile-scope whole
     python benchmarks/bench_training.py --modes latent --compile-mode reduce-overhead
     python benchmarks/bench_training.py --print-table benchmarks/results/training_cpu.json
 
@@ -63,6 +69,7 @@ from typing import Any
 
 import torch
 import transformers
+from accelerate.utils import compile_regions
 from torch.utils.flop_counter import (
     FlopCounterMode,
     flop_registry,
@@ -334,6 +341,9 @@ class Settings:
     gradient_checkpointing: bool
     #: decode every token in pretraining steps, not only the hidden ones (``latent`` mode)
     decode_visible: bool = False
+    #: compile megfm's blocks (``"regions"``, the sizes that follow the mask stay) or the
+    #: whole model (``"whole"``: one static graph over every token); peers compile whole
+    compile_scope: str = "regions"
 
     @property
     def compile(self) -> bool:
@@ -344,9 +354,23 @@ class Settings:
         """Whether the compiled model replays CUDA graphs (each step must say where it starts)."""
         return self.compile_mode in ("reduce-overhead", "max-autotune")
 
-    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` under ``torch.compile`` in the chosen mode, or itself when eager."""
-        return torch.compile(model, mode=self.compile_mode) if self.compile else model
+    @property
+    def static_megfm(self) -> bool:
+        """Whether megfm runs as one compiled graph, which encodes and decodes every token."""
+        return self.compile and self.compile_scope == "whole"
+
+    def compiled(self, model: torch.nn.Module, regions: bool = False) -> torch.nn.Module:
+        """``model`` under ``torch.compile`` in the chosen mode, or itself when eager.
+
+        With ``regions`` (megfm's models) and the ``"regions"`` scope, its blocks are compiled
+        (``accelerate.utils.compile_regions``) and the steps between them, whose sizes follow
+        the mask, run eagerly; otherwise the whole model is one compiled graph.
+        """
+        if not self.compile:
+            return model
+        if regions and self.compile_scope == "regions":
+            return compile_regions(model, mode=self.compile_mode)
+        return torch.compile(model, mode=self.compile_mode)
 
     @property
     def patches(self) -> int:
@@ -406,14 +430,16 @@ def time_training(
     model: torch.nn.Module,
     one_step: Callable[[torch.nn.Module, Any], None],
     inputs: Any,
+    regions: bool = False,
 ) -> list[float]:
     """Seconds of timed training steps: ``one_step`` (forward, backward) and an AdamW step,
     on ``model`` compiled when the settings ask for it (fused AdamW on CUDA).
 
     ``inputs`` is a list of inputs, one per step in turn (fresh pretraining masks, as the
-    collator draws them), or one input for every step.
+    collator draws them), or one input for every step. ``regions`` as in
+    :meth:`Settings.compiled`.
     """
-    net = settings.compiled(model)
+    net = settings.compiled(model, regions)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=1e-4, weight_decay=0.05, fused=settings.device.type == "cuda"
     )
@@ -460,18 +486,18 @@ def train_megfm(
 
         # The mask is an input, as in pretraining, where the collator draws it.
         batches = [{**inputs, "mask": mask} for mask in collator_masks(model, settings)]
-        # Compiled, the model decodes every token (the data-dependent choice of the hidden ones
-        # is left out while tracing), so its work is counted that way too.
-        flops = count_flops(
-            lambda: one_step(model, batch_of(batches[0], 1), decode_visible=settings.compile)
-        )
-        row["decodes_every_token"] = settings.decode_visible or settings.compile
+        # Compiled whole, the model decodes every token (the data-dependent choice of the
+        # hidden ones is left out of the static graph), so its work is counted that way too.
+        static = settings.static_megfm
+        flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1), decode_visible=static))
+        row["decodes_every_token"] = settings.decode_visible or static
+        row["compile_scope"] = settings.compile_scope if settings.compile else None
         model.zero_grad(set_to_none=True)
         if settings.gradient_checkpointing:
             model.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False}
             )
-        seconds = time_training(settings, model, one_step, batches)
+        seconds = time_training(settings, model, one_step, batches, regions=True)
     row.update(_figures(settings, seconds, flops, peak))
     return row
 
@@ -511,7 +537,7 @@ def features_megfm(
         with settings.device:
             model = MEGModel(megfm_config(size, mode, 0.5)).eval()
         row["parameters"] = sum(p.numel() for p in model.parameters())
-        net = settings.compiled(model)
+        net = settings.compiled(model, regions=True)
 
         def forward(module: torch.nn.Module, batch: dict) -> None:
             with torch.no_grad(), settings.autocast():
@@ -696,7 +722,9 @@ def markdown(record: dict) -> str:
     lines = [
         f"{record['device']['name']} ({record['device']['kind']}), batch {s['batch']}, "
         f"{s['sensors']} sensors x {s['samples']} samples ({s['tokens_per_window']} tokens), "
-        f"{s['precision']}, compile={s.get('compile_mode') or s['compile']}, "
+        f"{s['precision']}, compile={s.get('compile_mode') or s['compile']}"
+        + (f" (megfm: {s['compile_scope']})" if s.get("compile_scope") else "")
+        + ", "
         f"gradient checkpointing={s['gradient_checkpointing']}, "
         f"decode visible={s.get('decode_visible', False)}, median of {s['steps']} steps",
     ]
@@ -794,6 +822,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch.compile mode (implies --compile; default: default); reduce-overhead and "
         "max-autotune replay CUDA graphs",
     )
+    parser.add_argument(
+        "--compile-scope",
+        choices=("regions", "whole"),
+        default="regions",
+        help="what of megfm to compile: its blocks (accelerate's compile_regions; the encoder "
+        "on visible tokens and the decoder on hidden ones, as eagerly) or the whole model (one "
+        "static graph that encodes and decodes every token); peers compile whole",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="megfm only")
     parser.add_argument(
         "--decode-visible",
@@ -848,6 +884,7 @@ def main(argv: list[str] | None = None) -> None:
         compile_mode=args.compile_mode,
         gradient_checkpointing=args.gradient_checkpointing,
         decode_visible=args.decode_visible,
+        compile_scope=args.compile_scope,
     )
     sizes = list(SIZES.values()) if args.sizes == "all" else [SIZES[args.sizes]]
     output = args.output or RESULTS / f"training_{device_slug(device)}.json"
@@ -881,6 +918,7 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": settings.warmup,
             "compile": settings.compile,
             "compile_mode": settings.compile_mode,
+            "compile_scope": settings.compile_scope if settings.compile else None,
             "mask": "drawn on the CPU as MEGDataCollator draws it, passed to the model as an "
             "input (4 masks in turn); PatchTST draws its own inside its forward",
             "gradient_checkpointing": settings.gradient_checkpointing,

@@ -97,7 +97,7 @@ def target_rows(runs: dict[str, dict | None], loader: dict | None) -> list[tuple
     }
 
     mfus = {variant: row["mfu"] for variant, row in defaults.items() if row.get("mfu") is not None}
-    # compiled, the model decodes every token: its FLOPs (and MFU) count that larger work
+    # compiled whole (CUDA graphs), the model decodes every token: its FLOPs count that work
     text = "; ".join(
         f"{variant} {mfu:.1%} ({defaults[variant]['windows_per_s']:,.0f} windows/s"
         + (", every token decoded" if defaults[variant].get("decodes_every_token") else "")

@@ -10,10 +10,11 @@
 #
 # A CUDA image that ships torch, numpy, pyarrow, pandas, scipy, scikit-learn, matplotlib,
 # accelerate and huggingface-hub usually lacks `datasets` and `mne` and has an older
-# transformers (and a peft of its time, if any); those and their pure-Python needs come as
-# wheels for CPython 3.12 (about 25 MB), with braindecode for the LUNA peer (without its
-# torchaudio, which only loads beside the torch release it was built for). PYTHON names the interpreter (default: python), TARGET_PYTHON the GPU machine's
-# Python version (default: 3.12).
+# transformers and accelerate (and a peft of their time, if any); those and their pure-Python
+# needs come as wheels for CPython 3.12 (about 25 MB), with braindecode for the LUNA peer
+# (without its torchaudio, which only loads beside the torch release it was built for).
+# PYTHON names the interpreter (default: python), TARGET_PYTHON the GPU machine's Python
+# version (default: 3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-.whl}
@@ -30,6 +31,8 @@ import importlib.metadata as metadata
 for name in (
     "transformers", "datasets", "dill", "multiprocess", "mne", "mne-bids", "pooch",
     "platformdirs", "decorator", "lazy-loader", "peft",
+    # the benchmarks compile megfm by regions (accelerate.utils.compile_regions, 1.5 and newer)
+    "accelerate",
     # braindecode's LUNA (benchmarks/peers.py), without torchaudio
     "braindecode", "einops", "docstring-inheritance", "torchinfo", "pydantic", "pydantic-core",
     "annotated-types", "typing-inspection",

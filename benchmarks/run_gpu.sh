@@ -12,7 +12,8 @@
 #             mode and mask ratio, PatchTST and (where braindecode is installed or carried)
 #             LUNA beside (bench_training.py)
 #   base      the same at width 768 x 12: does it fit batch 32?
-#   compiled  the default model and PatchTST under torch.compile, mask ratio 0.5
+#   compiled  the default model (its blocks compiled: accelerate's compile_regions) and
+#             PatchTST (compiled whole) under torch.compile, mask ratio 0.5
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
 #   trainer   `megfm pretrain`'s own loop (Trainer, collator, loader workers, bf16) beside the
 #             bare step: does the data path keep the GPU fed? (bench_pretrain.py)
@@ -21,7 +22,8 @@
 #             checkpointing off and on: does it fit one 24 GB GPU? (bench_finetuning.py)
 #   decodeall the default model decoding every token, not only the hidden ones: what the
 #             work it leaves out would cost here
-#   graphs    the default model under torch.compile(mode="reduce-overhead"): CUDA graphs
+#   graphs    the default model compiled whole, mode="reduce-overhead": one static graph
+#             (every token decoded) replayed as CUDA graphs
 #
 # --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
 # is stopped when the budget runs out, keeping every measurement it finished. On a machine
@@ -109,7 +111,7 @@ declare -A command=(
     [base]="bench_training.py ${training[*]} ${base[*]} --sizes base --output ${prefix}_base.json"
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --skip-luna --output ${prefix}_small_compiled.json"
     [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_decode_visible.json"
-    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_graphs.json"
+    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --compile-scope whole --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_graphs.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"

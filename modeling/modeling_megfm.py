@@ -600,8 +600,11 @@ class MEGLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block: (cross-)attention then feed-forward, both residual.
 
     With `context`, the queries attend to `context` (normalised by its own norm); otherwise the
-    block is a self-attention block. With `rows` `(N, Lq)`, the feed-forward half runs on those
-    query rows only and the others come out as zeros (for outputs that only some tokens need).
+    block is a self-attention block. With `rows`, the indices `(n, q)` of some query rows (as
+    `nonzero(as_tuple=True)` of an `(N, Lq)` mask gives them), the feed-forward half runs on
+    those rows only and the others come out as zeros (for outputs that only some tokens need).
+    The caller chooses the rows, so the block has no size that depends on the data and
+    compiles as one graph (`accelerate.utils.compile_regions`).
     """
 
     def __init__(
@@ -624,7 +627,7 @@ class MEGLayer(GradientCheckpointingLayer):
         context: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-        rows: torch.Tensor | None = None,
+        rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.attention_norm(hidden_states)
         if self.context_norm is not None:
@@ -633,10 +636,9 @@ class MEGLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.attention_dropout(attended)
         if rows is None:
             return hidden_states + self.mlp(self.mlp_norm(hidden_states)), weights
-        index = rows.nonzero(as_tuple=True)  # once: gathering and scattering by a bool mask
-        chosen = hidden_states[index]  # would each look for its True entries
+        chosen = hidden_states[rows]
         out = torch.zeros_like(hidden_states)
-        out[index] = chosen + self.mlp(self.mlp_norm(chosen))
+        out[rows] = chosen + self.mlp(self.mlp_norm(chosen))
         return out, weights
 
 
@@ -752,8 +754,9 @@ class MEGFullEncoder(nn.Module):
     window) need no attention mask at all, which keeps SDPA's flash kernels on a GPU. Absent
     tokens come out as zeros; decoders give them their own (mask) tokens.
 
-    Under `torch.compile` the gathered length, which depends on the data, is avoided: the
-    encoder runs over the whole grid with a key-padding mask, and gives the same outputs.
+    Traced whole by `torch.compile`, whose shapes must not depend on the data, the encoder runs
+    over the whole grid with a key-padding mask instead, with the same outputs; compiling the
+    blocks alone (`accelerate.utils.compile_regions`) keeps the gathering.
     """
 
     def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int, num_layers: int):
@@ -866,8 +869,10 @@ class MEGFactorizedEncoder(nn.Module):
     sub-grid (random hidden tokens) and are encoded as in the whole grid; absent tokens come
     out as zeros either way.
 
-    Attention probabilities and hidden states, and `torch.compile` (whose shapes must not
-    depend on the mask), take the whole grid with key-padding masks, with the same outputs.
+    Attention probabilities and hidden states, and the model traced whole by `torch.compile`
+    (whose shapes must not depend on the mask), take the whole grid with key-padding masks,
+    with the same outputs; compiling the blocks alone (`accelerate.utils.compile_regions`)
+    keeps the sub-grid.
     """
 
     def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int, num_layers: int):
@@ -1059,7 +1064,11 @@ class MEGLatentEncoder(nn.Module):
         if read_out_tokens:
             readout_rows = None
             if rows is not None:
-                readout_rows = rows.transpose(1, 2).reshape(batch_size * num_patches, num_sensors)
+                readout_rows = (
+                    rows.transpose(1, 2)
+                    .reshape(batch_size * num_patches, num_sensors)
+                    .nonzero(as_tuple=True)
+                )
             tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
             tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
             tokens = self.norm(tokens)
@@ -1460,7 +1469,9 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
                 Also decode the visible tokens of valid sensors, whose reconstruction is
                 otherwise their input as given. Neither the loss nor the hidden tokens'
                 reconstruction depend on it; without it, `latent` mode reads out and decodes
-                the hidden tokens alone (at mask ratio 0.5, about a third less work).
+                the hidden tokens alone (at mask ratio 0.5, about a third less work), also
+                with its blocks compiled (`accelerate.utils.compile_regions`); the whole model
+                traced by `torch.compile` is one static graph, which decodes every token.
         """
         output_attentions = (
             self.config.output_attentions if output_attentions is None else output_attentions
@@ -1487,7 +1498,8 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
 
         # Hidden tokens and those of invalid sensors are predicted; in `latent` mode, whose
         # read-out and decoder treat every token on its own, only they need be computed (the
-        # data-dependent selection is left out while torch.compile traces).
+        # data-dependent selection is left out of a static graph when torch.compile traces the
+        # whole model; compiled by regions, the selection runs between the compiled blocks).
         hidden = mask | ~valid[:, :, None]
         rows = None
         if (

@@ -456,6 +456,43 @@ def test_torch_compile_full_graph(mode):
     assert torch.isfinite(drawn.loss)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_blocks_keep_the_sizes_that_follow_the_mask(mode):
+    """Regional compilation: every block is one graph (no break), the steps between them gather
+    visible tokens and select hidden ones as eagerly, and loss, reconstruction and gradients
+    are the eager model's, also when the sizes change from batch to batch."""
+    from accelerate.utils import compile_regions
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode)).train()
+    compiled = compile_regions(model, backend="aot_eager")
+    assert isinstance(compiled.decoder.norm, torch._dynamo.eval_frame.OptimizedModule)
+    for num_sensors, seed in ((9, 0), (9, 1), (12, 2)):
+        batch = meg_batch(batch_size=2, num_sensors=num_sensors, num_samples=30, seed=seed)
+        batch["sensor_mask"][1, -2:] = False  # padding: the windows' token counts differ
+        mask = compute_signal_mask(
+            batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(seed)
+        )
+        expected = model(**batch, mask=mask)
+        expected.loss.backward()
+        gradients = {
+            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+        }
+        model.zero_grad(set_to_none=True)
+        got = compiled(**batch, mask=mask)
+        got.loss.backward()
+        torch.testing.assert_close(got.loss, expected.loss)
+        torch.testing.assert_close(got.reconstruction, expected.reconstruction)
+        for name, p in model.named_parameters():
+            if name in gradients:
+                torch.testing.assert_close(p.grad, gradients[name], msg=name)
+        model.zero_grad(set_to_none=True)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def test_token_selection_traces_and_picks_the_same_tokens():
     from megfm_hf.modeling.modeling_megfm import _lowest
 

@@ -28,7 +28,7 @@ class WindowDataset(Dataset):
         return row
 
 
-def _arguments(tmp_path, steps: int, learning_rate: float) -> TrainingArguments:
+def _arguments(tmp_path, steps: int, learning_rate: float, **overrides) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=8,
@@ -41,6 +41,7 @@ def _arguments(tmp_path, steps: int, learning_rate: float) -> TrainingArguments:
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        **overrides,
     )
 
 
@@ -102,3 +103,20 @@ def test_trainer_fine_tuning_lowers_the_classification_loss(tmp_path):
     ).train()
     after = held_out_loss()
     assert after < 0.5 * before, (before, after)
+
+
+def test_trainer_compiles_the_blocks_when_asked_for_regional_compilation(tmp_path, monkeypatch):
+    """`torch_compile=True` with accelerate's regional switch: the blocks train compiled."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "1")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MEGForMaskedSignalModeling(tiny_config())
+    train = meg_batch(batch_size=32, num_sensors=18, num_samples=100, evoked_amplitude=10.0, seed=1)
+    arguments = _arguments(tmp_path, 4, 3e-3, torch_compile=True, torch_compile_backend="aot_eager")
+    trainer = Trainer(model=model, args=arguments, train_dataset=WindowDataset(train))
+    result = trainer.train()
+    wrapped = trainer.model_wrapped
+    blocks = wrapped.megfm.encoder.layers
+    assert all(isinstance(block, torch._dynamo.eval_frame.OptimizedModule) for block in blocks)
+    assert not isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)  # the glue is eager
+    assert torch.isfinite(torch.tensor(result.training_loss))
