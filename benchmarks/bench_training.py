@@ -355,9 +355,14 @@ class Settings:
         return self.compile_mode in ("reduce-overhead", "max-autotune")
 
     @property
+    def megfm_compile_scope(self) -> str | None:
+        """What of megfm is compiled (``"regions"`` or ``"whole"``); None when eager."""
+        return self.compile_scope if self.compile else None
+
+    @property
     def static_megfm(self) -> bool:
         """Whether megfm runs as one compiled graph, which encodes and decodes every token."""
-        return self.compile and self.compile_scope == "whole"
+        return self.megfm_compile_scope == "whole"
 
     def compiled(self, model: torch.nn.Module, regions: bool = False) -> torch.nn.Module:
         """``model`` under ``torch.compile`` in the chosen mode, or itself when eager.
@@ -491,7 +496,7 @@ def train_megfm(
         static = settings.static_megfm
         flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1), decode_visible=static))
         row["decodes_every_token"] = settings.decode_visible or static
-        row["compile_scope"] = settings.compile_scope if settings.compile else None
+        row["compile_scope"] = settings.megfm_compile_scope
         model.zero_grad(set_to_none=True)
         if settings.gradient_checkpointing:
             model.activation_checkpointing_enable(
@@ -918,7 +923,7 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": settings.warmup,
             "compile": settings.compile,
             "compile_mode": settings.compile_mode,
-            "compile_scope": settings.compile_scope if settings.compile else None,
+            "compile_scope": settings.megfm_compile_scope,
             "mask": "drawn on the CPU as MEGDataCollator draws it, passed to the model as an "
             "input (4 masks in turn); PatchTST draws its own inside its forward",
             "gradient_checkpointing": settings.gradient_checkpointing,
