@@ -148,8 +148,9 @@ def validate_inputs(
 ) -> None:
     """Check the model inputs and raise a `ValueError` that names the argument and the problem.
 
-    Shapes are checked always; value checks (NaN/Inf, empty samples, unknown sensor types) read
-    the data and are skipped while `torch.compile` traces the model.
+    Shapes and dtypes are checked always; value checks (NaN/Inf, empty samples, unknown sensor
+    types) read the data back, once for all of them, and are skipped while `torch.compile`
+    traces the model.
     """
     if input_values.dim() != 3:
         raise ValueError(
@@ -181,34 +182,43 @@ def validate_inputs(
             )
     if sensor_types.dtype.is_floating_point or sensor_types.dtype == torch.bool:
         raise ValueError(f"sensor_types must hold integer codes; got dtype {sensor_types.dtype}.")
+    if sensor_mask is not None and sensor_mask.dtype != torch.bool:
+        raise ValueError(f"sensor_mask must be a bool tensor; got dtype {sensor_mask.dtype}.")
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = hidden); got dtype {mask.dtype}.")
     if torch.compiler.is_compiling():
         return
-    if not torch.isfinite(input_values).all():
+    # Reading a value back from a GPU waits for every queued kernel, so the value checks are read
+    # back together, and only a failed one looks for the offending value.
+    checks = {
+        "input_values": torch.isfinite(input_values).all(),
+        "sensor_positions": torch.isfinite(sensor_positions).all(),
+        "sensor_types": ((sensor_types >= 0) & (sensor_types < config.num_sensor_types)).all(),
+    }
+    if sensor_mask is not None:
+        checks["sensor_mask"] = sensor_mask.any(dim=1).all()
+    passed = dict(zip(checks, torch.stack(list(checks.values())).tolist(), strict=True))
+    if not passed["input_values"]:
         bad = (~torch.isfinite(input_values)).nonzero()[0].tolist()
         raise ValueError(
             "input_values holds NaN or Inf values (first at batch index "
             f"{bad[0]}, sensor {bad[1]}, sample {bad[2]}); mark bad sensors in sensor_mask and "
             "set their values to 0 instead."
         )
-    if not torch.isfinite(sensor_positions).all():
+    if not passed["sensor_positions"]:
         raise ValueError("sensor_positions holds NaN or Inf values.")
-    low, high = int(sensor_types.min()), int(sensor_types.max())
-    if low < 0 or high >= config.num_sensor_types:
+    if not passed["sensor_types"]:
+        low, high = int(sensor_types.min()), int(sensor_types.max())
         raise ValueError(
             f"sensor_types holds code {low if low < 0 else high}; known codes are "
             f"0..{config.num_sensor_types - 1} for {config.sensor_types}."
         )
-    if sensor_mask is not None:
-        if sensor_mask.dtype != torch.bool:
-            raise ValueError(f"sensor_mask must be a bool tensor; got dtype {sensor_mask.dtype}.")
+    if not passed.get("sensor_mask", True):
         empty = (~sensor_mask.any(dim=1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"sensor_mask marks no valid sensor in batch index {empty[0]}; every sample "
-                "needs at least one valid sensor."
-            )
-    if mask is not None and mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor (True = hidden); got dtype {mask.dtype}.")
+        raise ValueError(
+            f"sensor_mask marks no valid sensor in batch index {empty[0]}; every sample "
+            "needs at least one valid sensor."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +348,9 @@ def sensor_type_scale(
     batch_size, num_sensors, _ = input_values.shape
     power = input_values.float().view(batch_size, num_sensors, -1, patch_length).pow(2).mean(dim=-1)
     weights = torch.ones_like(power) if present is None else present.to(power.dtype)
-    one_hot = F.one_hot(sensor_types.long(), num_types).to(power.dtype)  # (B, S, C)
+    # (B, S, C): compared with each code, as F.one_hot reads the codes back on some devices
+    codes = torch.arange(num_types, device=sensor_types.device)
+    one_hot = (sensor_types.long()[..., None] == codes).to(power.dtype)
     total = ((power * weights).sum(dim=-1, keepdim=True) * one_hot).sum(dim=1)  # (B, C)
     count = (weights.sum(dim=-1, keepdim=True) * one_hot).sum(dim=1)
     rms = torch.where(count > 0, (total / count.clamp(min=1.0)).sqrt(), torch.ones_like(total))
@@ -731,6 +743,25 @@ def _present_first(kept: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class TokenSelection:
+    """Tokens of a `(B, S, P)` grid that a head needs, for the latent read-out and decoder.
+
+    `index` holds the (window, sensor, patch) of every chosen token. Finding them reads the
+    mask back from the device, so it is done once per step and shared by the encoder's
+    read-out and the decoder; the steps between them gather and scatter with these indices.
+    """
+
+    #: (B, S, P), True at the chosen tokens
+    mask: torch.Tensor
+    #: (window, sensor, patch) indices of the chosen tokens, each of shape (K,)
+    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> TokenSelection:
+        return cls(mask, mask.nonzero(as_tuple=True))
+
+
+@dataclass
 class EncoderResult:
     """What an encoder hands back to the model (internal)."""
 
@@ -1024,13 +1055,12 @@ class MEGLatentEncoder(nn.Module):
         geometry: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        rows: torch.Tensor | None = None,
+        rows: TokenSelection | None = None,
         read_out_tokens: bool = True,
     ) -> EncoderResult:
         """`grid` (B, S, P, D) tokens, `present` (B, S, P), `time` (P, D) patch encoding,
-        `geometry` (B, S, F) Fourier features of the sensors, `rows` (B, S, P) the tokens
-        to read out (all when None); `read_out_tokens=False` skips the read-out (no token
-        states)."""
+        `geometry` (B, S, F) Fourier features of the sensors, `rows` the tokens to read out
+        (all when None); `read_out_tokens=False` skips the read-out (no token states)."""
         batch_size, num_sensors, num_patches, hidden_size = grid.shape
         num_latents = self.num_latents
         sensors = grid.transpose(1, 2).reshape(batch_size * num_patches, num_sensors, hidden_size)
@@ -1063,17 +1093,14 @@ class MEGLatentEncoder(nn.Module):
         tokens = None
         if read_out_tokens:
             readout_rows = None
-            if rows is not None:
-                readout_rows = (
-                    rows.transpose(1, 2)
-                    .reshape(batch_size * num_patches, num_sensors)
-                    .nonzero(as_tuple=True)
-                )
+            if rows is not None:  # the read-out's queries are (window * P + patch, sensor)
+                window, sensor, patch = rows.index
+                readout_rows = (window * num_patches + patch, sensor)
             tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
             tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
             tokens = self.norm(tokens)
             if rows is not None:
-                tokens = tokens * rows[..., None].to(tokens.dtype)
+                tokens = tokens * rows.mask[..., None].to(tokens.dtype)
         sensor_attentions = None
         if output_attentions:
             sensor_attentions = (
@@ -1258,14 +1285,14 @@ class MEGModel(MEGPreTrainedModel):
         mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        read_out: torch.Tensor | None = None,
+        read_out: TokenSelection | None = None,
         output_token_states: bool = True,
     ) -> MEGModelOutput:
         """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads).
 
-        `read_out` `(B, S, P)`, in `latent` mode, names the tokens a head needs: only they are
-        read out from the latents, the others' features are zeros, and the pooled features
-        cover them alone (unless `pooling="latents"`). `output_token_states` as in `forward`.
+        `read_out`, in `latent` mode, names the tokens a head needs: only they are read out from
+        the latents, the others' features are zeros, and the pooled features cover them alone
+        (unless `pooling="latents"`). `output_token_states` as in `forward`.
         """
         latent_pooling = self.config.pooling == "latents"
         hidden = None
@@ -1301,7 +1328,7 @@ class MEGModel(MEGPreTrainedModel):
                 read_out_tokens=output_token_states or not latent_pooling,
             )  # fmt: skip
             if read_out is not None:
-                pooled = read_out if pooled is None else pooled & read_out
+                pooled = read_out.mask if pooled is None else pooled & read_out.mask
         else:
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
         if latent_pooling:
@@ -1375,22 +1402,22 @@ class MEGDecoder(nn.Module):
         position: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
         sensor_mask: torch.Tensor | None,
-        rows: torch.Tensor | None = None,
+        rows: TokenSelection | None = None,
     ) -> torch.Tensor:
         """Encoder tokens (B, S, P, D) -> predicted patches (B, S, P, patch_length).
 
         `position` holds the two parts of the position embeddings
-        (:meth:`MEGEmbeddings.position_parts`). `rows` `(B, S, P)`, in `latent` mode, are the
-        tokens to predict; the others come out as zeros.
+        (:meth:`MEGEmbeddings.position_parts`). `rows`, in `latent` mode, are the tokens to
+        predict; the others come out as zeros.
         """
         per_sensor, per_patch = self.project_position(*position)
         if self.mode == "latent" and rows is not None:
-            index = rows.nonzero(as_tuple=True)  # (window, sensor, patch) of each chosen token
+            index = rows.index
             states = self.embed(tokens[index]) + per_sensor[index[:2]] + per_patch[index[2]]
             for layer in self.layers:
                 states = layer(states)
             predicted = self.head(self.norm(states))
-            full = predicted.new_zeros(*rows.shape, predicted.shape[-1])
+            full = predicted.new_zeros(*rows.mask.shape, predicted.shape[-1])
             full[index] = predicted
             return full
         position = per_sensor[:, :, None, :] + per_patch[None, None, :, :]
@@ -1507,7 +1534,7 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
             and not decode_visible
             and not torch.compiler.is_compiling()
         ):
-            rows = hidden
+            rows = TokenSelection.from_mask(hidden)
         outputs = self.megfm.encode(
             input_values,
             sensor_positions,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import traceback
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from megfm_hf import (
     MEGConfig,
@@ -130,6 +134,57 @@ def test_decoding_hidden_tokens_only_changes_no_prediction_loss_or_gradient(mode
     assert hidden_grads.keys() == all_grads.keys()
     for name, grad in hidden_grads.items():
         torch.testing.assert_close(grad, all_grads[name], msg=name)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the reads of tensor values back to the host, by the line of megfm that asks.
+
+    On a GPU each read waits for every kernel queued before it, so the host stops queueing
+    work ahead of the device. The operations that read are those whose result depends on the
+    data (`nonzero`, boolean indexing) or leave the device (`item`, `bool()`, `int()`:
+    `_local_scalar_dense`); `tolist` bypasses the dispatcher and is counted by a patch.
+    """
+
+    READS = {
+        "aten.nonzero.default",
+        "aten._local_scalar_dense.default",
+        "aten.masked_select.default",
+    }
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(tensor):
+            self._count()
+            return tolist(tensor)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+
+    def _count(self) -> None:
+        frames = [f for f in traceback.extract_stack() if "modeling_megfm" in f.filename]
+        self.reads[f"{frames[-1].name}:{frames[-1].lineno}" if frames else "elsewhere"] += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        indices = args[1] if func is torch.ops.aten.index.Tensor else ()
+        if str(func) in self.READS or any(i is not None and i.dtype == torch.bool for i in indices):
+            self._count()
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_latent_pretraining_step_reads_from_the_device_twice(monkeypatch):
+    """Once for the input checks, once for the hidden tokens that the read-out and decoder share."""
+    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
+    batch["sensor_mask"][1, 9:] = False
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(3)
+    )  # drawn in the data loader, as the collator draws it
+    model = MEGForMaskedSignalModeling(tiny_config())
+    with HostReads(monkeypatch) as host:
+        model(**batch, mask=mask).loss.backward()
+    assert sum(host.reads.values()) == 2, dict(host.reads)
+    assert all(where.startswith(("validate_inputs", "from_mask")) for where in host.reads)
 
 
 def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
