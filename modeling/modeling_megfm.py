@@ -731,15 +731,17 @@ class MEGFactorizedLayer(GradientCheckpointingLayer):
 # --------------------------------------------------------------------------------------------
 
 
-def _present_first(kept: torch.Tensor) -> torch.Tensor:
-    """Indices `(B, K)` of the True entries of `kept` `(B, N)`, in order, K = the most per row.
+def _present_first(kept: torch.Tensor, length: int) -> torch.Tensor:
+    """Indices `(B, K)` of the True entries of `kept` `(B, N)`, in order, K = `length`.
 
-    Rows with fewer True entries are filled with indices of False ones, which the callers keep
-    out of every attention (the full encoder's key padding, the factorized sub-grid's present
+    `length` is the most True entries of a row, read back from the device by the caller
+    (together with whatever else it needs, as each read waits for the queued kernels). Rows
+    with fewer True entries are filled with indices of False ones, which the callers keep out
+    of every attention (the full encoder's key padding, the factorized sub-grid's present
     flags).
     """
-    length = max(int(kept.sum(dim=1).max()), 1)
-    return torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :length]
+    order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)
+    return order[:, : max(length, 1)]
 
 
 @dataclass
@@ -819,10 +821,11 @@ class MEGFullEncoder(nn.Module):
 
         # Present tokens first, in their original order.
         counts = present.sum(dim=1)
-        order = _present_first(present)
+        most, same = torch.stack([counts.max(), (counts == counts[0]).all().long()]).tolist()
+        order = _present_first(present, most)
         kept = torch.arange(order.shape[1], device=grid.device)[None, :] < counts[:, None]
         gathered = tokens.gather(1, order[:, :, None].expand(-1, -1, hidden_size))
-        padding = None if bool((counts == counts[0]).all()) else kept
+        padding = None if same else kept
         result = self._encode(
             gathered, padding, None, output_attentions, output_hidden_states, kept
         )
@@ -931,8 +934,11 @@ class MEGFactorizedEncoder(nn.Module):
             or torch.compiler.is_compiling()
         )
         if gather:
-            sensors = _present_first(present.any(dim=2))  # (B, S') sensor indices
-            patches = _present_first(present.any(dim=1))  # (B, P') patch indices
+            sensor_kept, patch_kept = present.any(dim=2), present.any(dim=1)
+            most = torch.stack([sensor_kept.sum(dim=1).max(), patch_kept.sum(dim=1).max()])
+            most_sensors, most_patches = most.tolist()
+            sensors = _present_first(sensor_kept, most_sensors)  # (B, S') sensor indices
+            patches = _present_first(patch_kept, most_patches)  # (B, P') patch indices
             gather = sensors.shape[1] < num_sensors or patches.shape[1] < num_patches
         if not gather:
             result = self._encode(grid, present, output_attentions, output_hidden_states)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import traceback
+import sys
 from collections import Counter
 
 import pytest
@@ -163,8 +163,16 @@ class HostReads(TorchDispatchMode):
         monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
 
     def _count(self) -> None:
-        frames = [f for f in traceback.extract_stack() if "modeling_megfm" in f.filename]
-        self.reads[f"{frames[-1].name}:{frames[-1].lineno}" if frames else "elsewhere"] += 1
+        frame = sys._getframe()
+        while frame is not None and "modeling_megfm" not in frame.f_code.co_filename:
+            frame = frame.f_back
+        if frame is None:
+            self.reads["elsewhere"] += 1
+            return
+        name, owner = frame.f_code.co_name, frame.f_locals.get("self")
+        if owner is not None:
+            name = f"{type(owner).__name__}.{name}"
+        self.reads[f"{name}:{frame.f_lineno}"] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         indices = args[1] if func is torch.ops.aten.index.Tensor else ()
@@ -173,18 +181,30 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_latent_pretraining_step_reads_from_the_device_twice(monkeypatch):
-    """Once for the input checks, once for the hidden tokens that the read-out and decoder share."""
+# What a pretraining step reads back: the input checks, together, then per mode the sizes
+# that follow the mask. Latent: the hidden tokens, shared by the read-out and the decoder.
+# Full: the most present tokens of a window (and whether all windows have as many), then the
+# decoder's sub-grid. Factorized: the encoder's and the decoder's sub-grids (sensors and
+# patches together).
+STEP_READS = {
+    "latent": ["validate_inputs", "from_mask"],
+    "full": ["validate_inputs", "MEGFullEncoder.forward", "MEGFactorizedEncoder.forward"],
+    "factorized": ["validate_inputs"] + ["MEGFactorizedEncoder.forward"] * 2,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_pretraining_step_reads_from_the_device_once_per_size(mode, monkeypatch):
     batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
     batch["sensor_mask"][1, 9:] = False
     mask = compute_signal_mask(
         batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(3)
     )  # drawn in the data loader, as the collator draws it
-    model = MEGForMaskedSignalModeling(tiny_config())
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode))
     with HostReads(monkeypatch) as host:
         model(**batch, mask=mask).loss.backward()
-    assert sum(host.reads.values()) == 2, dict(host.reads)
-    assert all(where.startswith(("validate_inputs", "from_mask")) for where in host.reads)
+    where = Counter(line.split(":")[0] for line in host.reads.elements())
+    assert where == Counter(STEP_READS[mode]), dict(host.reads)
 
 
 def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
