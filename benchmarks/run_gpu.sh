@@ -8,6 +8,8 @@
 #     bash benchmarks/run_gpu.sh --rehearse [--results DIR]   # every step at toy sizes on the CPU
 #
 # STEP, in the order they run (default: all):
+#   gputests  tests/test_gpu.py on the GPU: bf16 autocast steps follow float32 in every mode,
+#             and a latent pretraining step synchronises with the host twice (pytest -m gpu)
 #   small     training and features at the reference shape, width 256 x 8, every attention
 #             mode and mask ratio, PatchTST and (where braindecode is installed or carried)
 #             LUNA beside (bench_training.py)
@@ -36,7 +38,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
-all_steps=(small base compiled loader trainer mixed finetune decodeall graphs)
+all_steps=(gputests small base compiled loader trainer mixed finetune decodeall graphs)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -107,6 +109,7 @@ datasets.__version__, "| megfm-hf", megfm_hf.__version__, "from", megfm_hf.__fil
 
 prefix="$results/training_${device}"
 declare -A command=(
+    [gputests]="-m pytest -q -rs -p no:cacheprovider -m gpu $root/tests/test_gpu.py"
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
     [base]="bench_training.py ${training[*]} ${base[*]} --sizes base --output ${prefix}_base.json"
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --skip-luna --output ${prefix}_small_compiled.json"

@@ -29,7 +29,7 @@ DEVICE = "cpu-rehearsal"
 @pytest.mark.slow
 def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     # `compiled` and `graphs` compile for minutes on 2 cores; the rest is every step.
-    steps = ["small", "base", "loader", "trainer", "decodeall", "mixed", "finetune"]
+    steps = ["gputests", "small", "base", "loader", "trainer", "decodeall", "mixed", "finetune"]
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "--no-wheels"]
         + ["--results", str(tmp_path), *steps],
