@@ -760,6 +760,7 @@ class TokenSelection:
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> TokenSelection:
+        """The True tokens of `mask` `(B, S, P)`: one read back from the device."""
         return cls(mask, mask.nonzero(as_tuple=True))
 
 
