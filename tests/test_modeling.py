@@ -105,13 +105,19 @@ def test_hidden_signal_never_reaches_the_reconstruction(mode):
     )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_decoding_hidden_tokens_only_changes_no_prediction_loss_or_gradient(mode):
+def _padded_batch_and_mask() -> tuple[dict, torch.Tensor]:
+    """Two windows of 12 sensors and 4 patches, one padded to 9 sensors, and a drawn mask."""
     batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
-    batch["sensor_mask"][1, 9:] = False  # padding: its tokens are predicted too
+    batch["sensor_mask"][1, 9:] = False
     mask = compute_signal_mask(
         batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(3)
     )
+    return batch, mask
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_decoding_hidden_tokens_only_changes_no_prediction_loss_or_gradient(mode):
+    batch, mask = _padded_batch_and_mask()  # padded tokens are predicted too
     predicted = (mask | ~batch["sensor_mask"][:, :, None]).repeat_interleave(10, dim=2)
     runs = {}
     for decode_visible in (False, True):
@@ -195,11 +201,7 @@ STEP_READS = {
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_pretraining_step_reads_from_the_device_once_per_size(mode, monkeypatch):
-    batch = meg_batch(batch_size=2, num_sensors=12, num_samples=40)
-    batch["sensor_mask"][1, 9:] = False
-    mask = compute_signal_mask(
-        batch["sensor_mask"], 4, 0.5, 0.3, 0.3, torch.Generator().manual_seed(3)
-    )  # drawn in the data loader, as the collator draws it
+    batch, mask = _padded_batch_and_mask()  # the mask drawn outside, as the collator draws it
     model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode))
     with HostReads(monkeypatch) as host:
         model(**batch, mask=mask).loss.backward()
