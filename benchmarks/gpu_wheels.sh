@@ -10,9 +10,11 @@
 #
 # A CUDA image that ships torch, numpy, pyarrow, pandas, scipy, scikit-learn, matplotlib,
 # accelerate and huggingface-hub usually lacks `datasets` and `mne` and has an older
-# transformers and accelerate (and a peft of their time, if any); those and their pure-Python
-# needs come as wheels for CPython 3.12 (about 25 MB), with braindecode for the LUNA peer
+# transformers, huggingface-hub and accelerate (and a peft of their time, if any); those and
+# their needs come as wheels for CPython 3.12 (about 35 MB), with braindecode for the LUNA peer
 # (without its torchaudio, which only loads beside the torch release it was built for).
+# transformers checks the versions of huggingface-hub and regex when it is imported, and
+# huggingface-hub 2 talks HTTP through httpx2, so those come with their own needs too.
 # PYTHON names the interpreter (default: python), TARGET_PYTHON the GPU machine's Python
 # version (default: 3.12).
 set -euo pipefail
@@ -30,6 +32,9 @@ import importlib.metadata as metadata
 
 for name in (
     "transformers", "datasets", "dill", "multiprocess", "mne", "mne-bids", "pooch",
+    # huggingface-hub 2, which transformers requires at import, and what it needs
+    "huggingface-hub", "hf-xet", "httpx2", "httpcore2", "h11", "truststore", "anyio", "idna",
+    "click", "regex",
     "platformdirs", "decorator", "lazy-loader", "peft",
     # the benchmarks compile megfm by regions (accelerate.utils.compile_regions, 1.5 and newer)
     "accelerate",
