@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -280,7 +281,7 @@ def test_select_subjects_keeps_only_their_windows(tiny_windows):
 # --------------------------------------------------------------------------- sampling
 
 
-def _trainer(windows: datasets.Dataset, output_dir: Path, strategy: str):
+def _trainer(windows: datasets.Dataset, output_dir: Path, strategy: str, **loader: Any):
     from transformers import TrainingArguments
 
     from megfm_hf.training.trainer import build_trainer
@@ -294,6 +295,7 @@ def _trainer(windows: datasets.Dataset, output_dir: Path, strategy: str):
         report_to=[],
         use_cpu=True,
         seed=0,
+        **loader,
     )
     collator = MEGDataCollator(config, draw_mask=True)
     return build_trainer(MEGForMaskedSignalModeling(config), args, windows, windows, collator)
@@ -380,6 +382,52 @@ def test_group_by_length_batches_windows_of_one_sensor_array(tiny_windows, tmp_p
     assert len(seen) == len(every)
     assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, every.tolist()))
     assert not torch.equal(seen, every)
+
+
+def _epochs(trainer, count: int = 2) -> list[list[dict[str, torch.Tensor]]]:
+    """The training batches of ``count`` epochs, each begun as the ``Trainer`` begins one."""
+    loader = trainer.get_train_dataloader()
+    epochs = []
+    for epoch in range(count):
+        loader.set_epoch(epoch)
+        epochs.append(list(loader))
+    return epochs
+
+
+def test_persistent_loader_workers_give_every_epoch_the_batches_of_the_main_process(
+    tiny_windows, tmp_path
+):
+    # Workers that outlive an epoch must still follow the sampler's new order and draw the
+    # same masks as batches made in the main process.
+    from megfm_hf.training.trainer import LOADER_DEFAULTS
+
+    assert LOADER_DEFAULTS["dataloader_persistent_workers"] == (
+        LOADER_DEFAULTS["dataloader_num_workers"] > 0
+    )
+    persistent = _trainer(
+        tiny_windows,
+        tmp_path,
+        "group_by_length",
+        dataloader_num_workers=2,
+        dataloader_persistent_workers=True,
+    )
+    in_process = _trainer(tiny_windows, tmp_path, "group_by_length")
+    got, expected = _epochs(persistent), _epochs(in_process)
+    orders = [torch.cat([batch["input_values"][:, 0, 0] for batch in epoch]) for epoch in expected]
+    assert not torch.equal(*orders)  # a new order each epoch
+    for got_epoch, expected_epoch in zip(got, expected, strict=True):
+        for batch, reference in zip(got_epoch, expected_epoch, strict=True):
+            assert batch.keys() == reference.keys()
+            for key in reference:
+                assert torch.equal(batch[key], reference[key]), key
+
+
+def test_persistent_workers_without_workers_are_turned_off(tiny_windows, tmp_path):
+    trainer = _trainer(
+        tiny_windows, tmp_path, "group_by_length", dataloader_persistent_workers=True
+    )
+    assert not trainer.args.dataloader_persistent_workers
+    assert len(list(trainer.get_train_dataloader())) > 0
 
 
 def test_evaluation_keeps_the_dataset_order_when_training_groups_by_sensors(tiny_windows, tmp_path):

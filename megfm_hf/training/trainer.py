@@ -42,13 +42,17 @@ from .sampling import SensorGroupedSampler, data_seed, step_windows
 logger = logging.getLogger(__name__)
 
 
+_LOADER_WORKERS = min(4, (os.cpu_count() or 1) - 1) if torch.cuda.is_available() else 0
+
 #: How pretraining and fine-tuning feed the model, unless told otherwise: batches of one sensor
 #: count (no padding where a dataset mixes MEG systems), and on a GPU worker processes that
-#: read and batch windows while the GPU trains, into pinned memory.
+#: read and batch windows while the GPU trains, into pinned memory, and that live from one
+#: epoch (and evaluation) to the next instead of starting again, empty, at each.
 LOADER_DEFAULTS: dict[str, Any] = {
     "train_sampling_strategy": "group_by_length",
-    "dataloader_num_workers": min(4, (os.cpu_count() or 1) - 1) if torch.cuda.is_available() else 0,
+    "dataloader_num_workers": _LOADER_WORKERS,
     "dataloader_pin_memory": torch.cuda.is_available(),
+    "dataloader_persistent_workers": _LOADER_WORKERS > 0,
 }
 
 
@@ -97,6 +101,9 @@ class MEGTrainer(Trainer):
     does not take, so that the collator can seed the batch's mask from it (see
     :class:`~megfm_hf.training.MEGDataCollator`).
 
+    ``dataloader_persistent_workers`` (on by default where there are loader workers) is
+    turned off when ``dataloader_num_workers`` is 0: there is no worker to keep.
+
     Every checkpoint is synced to disk and marked complete before the ``Trainer`` deletes
     older ones (``save_total_limit``), so that a run killed at any moment leaves a complete
     checkpoint to resume from (see :mod:`~megfm_hf.training.checkpoints`).
@@ -107,6 +114,10 @@ class MEGTrainer(Trainer):
             if name in kwargs:
                 kwargs[name] = window_rows(kwargs[name])
         super().__init__(*args, **kwargs)
+        if self.args.dataloader_persistent_workers and self.args.dataloader_num_workers == 0:
+            # The loader defaults keep workers alive; without workers there is nothing to keep
+            # (and torch's DataLoader refuses the pair).
+            self.args.dataloader_persistent_workers = False
         self.sampler_epoch = SamplerEpochCallback()
         self.add_callback(self.sampler_epoch)
 
