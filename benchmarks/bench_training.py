@@ -768,6 +768,8 @@ def markdown(record: dict) -> str:
             f"| {_cell(row, 'gflops_per_window', '.1f')} | {_cell(row, 'mfu', '.1%')} "
             f"| {_cell(peer, 'mfu', '.1%')} | {_cell(other, 'mfu', '.1%')} |"
         )
+    if not record["feature_extraction"]:  # --skip-features
+        return "\n".join(lines)
     patchtst = _peer_rows(record["feature_extraction"], "patchtst")
     luna_rows = _peer_rows(record["feature_extraction"], "luna")
     lines += [
