@@ -30,18 +30,20 @@ class WindowDataset(Dataset):
 
 def _arguments(tmp_path, steps: int, learning_rate: float, **overrides) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        max_steps=steps,
-        learning_rate=learning_rate,
-        warmup_steps=0.1,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=5,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        **overrides,
+        **{
+            "output_dir": str(tmp_path),
+            "per_device_train_batch_size": 8,
+            "max_steps": steps,
+            "learning_rate": learning_rate,
+            "warmup_steps": 0.1,
+            "save_strategy": "no",
+            "report_to": [],
+            "logging_steps": 5,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "seed": 0,
+            **overrides,
+        }
     )
 
 
@@ -120,3 +122,33 @@ def test_trainer_compiles_the_blocks_when_asked_for_regional_compilation(tmp_pat
     assert all(isinstance(block, torch._dynamo.eval_frame.OptimizedModule) for block in blocks)
     assert not isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)  # the glue is eager
     assert torch.isfinite(torch.tensor(result.training_loss))
+
+
+def _logged_losses(trainer: Trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_compiling_the_whole_model_trains_as_eager(tmp_path, monkeypatch):
+    """`torch_compile=True` alone: one static graph (every token decoded), the eager losses."""
+    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    train = meg_batch(batch_size=32, num_sensors=18, num_samples=100, evoked_amplitude=10.0, seed=1)
+    model = MEGForMaskedSignalModeling(tiny_config())
+    valid = torch.ones(train["input_values"].shape[:2], dtype=torch.bool)
+    patches = train["input_values"].shape[-1] // model.config.patch_length
+    # The collator's masks, fixed per window, so both runs hide the same tokens.
+    train["mask"] = model.draw_mask(valid, patches, torch.Generator().manual_seed(0))
+    runs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = MEGForMaskedSignalModeling(tiny_config())
+        options = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
+        arguments = _arguments(tmp_path, 10, 3e-3, logging_steps=1, **options)
+        trainer = Trainer(model=model, args=arguments, train_dataset=WindowDataset(train))
+        trainer.train()
+        assert (
+            isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        )
+        runs[compiled] = _logged_losses(trainer)
+    assert len(runs[True]) == 10
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-4, atol=1e-6)
