@@ -10,9 +10,13 @@ after ``--warmup``; checkpointing, evaluation and export run after them, untimed
 
 Where ``training_*.json`` files lie beside the output, the rates are set beside the default
 model's bare step rate in them: the ratio is what the data path and the ``Trainer`` leave of
-the model's speed (1.0: the GPU is kept fed).
+the model's speed (1.0: the GPU is kept fed). ``--torch-compile-mode reduce-overhead`` has
+the ``Trainer`` compile the whole model and replay it as CUDA graphs
+(``torch_compile=True, torch_compile_mode="reduce-overhead"``), the loop's counterpart of
+``bench_training.py --compile-mode reduce-overhead --compile-scope whole``.
 
     python benchmarks/bench_pretrain.py [--windows 1024] [--steps 80] [--warmup 10]
+        [--sources arrow parquet] [--torch-compile-mode reduce-overhead]
 
 Prints a table and writes ``benchmarks/results/pretrain_<device>.json`` (``--output``
 elsewhere).
@@ -80,6 +84,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80, help="optimiser steps in all")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        choices=("arrow", "parquet"),
+        default=["arrow", "parquet"],
+        help="train from the Arrow dataset, its Parquet shards streamed, or both",
+    )
+    parser.add_argument(
+        "--torch-compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="the Trainer compiles the whole model (torch_compile=True) in this mode; "
+        "reduce-overhead and max-autotune replay CUDA graphs (default: eager)",
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
@@ -97,7 +114,12 @@ def main() -> None:
             f"{args.windows} windows of {args.sensors} x {args.samples}, batch {args.batch}, "
             f"{args.steps} steps ({args.warmup} untimed), default model, on {device}"
         )
-        for streaming in (False, True):
+        compiling = (
+            {"torch_compile": True, "torch_compile_mode": args.torch_compile_mode}
+            if args.torch_compile_mode
+            else {}
+        )
+        for streaming in [source == "parquet" for source in args.sources]:
             timer = StepTimer(args.warmup, device)
             start = time.perf_counter()
             pretrain(
@@ -112,6 +134,7 @@ def main() -> None:
                 use_cpu=not cuda,
                 save_steps=args.steps,
                 logging_steps=args.steps,
+                **compiling,
             )
             rate = (args.steps - args.warmup) * args.batch / timer.seconds
             source = "parquet (streamed)" if streaming else "arrow"
@@ -145,6 +168,7 @@ def main() -> None:
             "steps": args.steps,
             "warmup": args.warmup,
             "precision": "bf16" if cuda else "float32",
+            "torch_compile_mode": args.torch_compile_mode,
             "model": "MEGConfig defaults (latent, 256 x 8, mask ratio 0.5)",
         },
         "results": rows,

@@ -2,9 +2,10 @@
 
 Reads, for one device (``--device``, the slug in the file names) from ``--results``, the files
 of ``benchmarks/run_gpu.sh`` (any may be missing): ``training_<device>_<variant>.json`` for the
-variants in ``TRAINING``, ``dataloader_<device>.json``, ``pretrain_<device>.json`` and
-``mixed_arrays_<device>.json`` and ``finetuning_<device>.json``. It prints, and writes to ``gpu_summary_<device>.md``, every
-target with the figure measured and whether it is met:
+variants in ``TRAINING``, ``dataloader_<device>.json``, ``pretrain_<device>[_graphs].json``,
+``mixed_arrays_<device>.json``, ``finetuning_<device>.json`` and
+``profile_<device>[_graphs].json``. It prints, and writes to ``gpu_summary_<device>.md``,
+every target with the figure measured and whether it is met:
 
 - the default model (``latent``, width 256 x 8, mask ratio 0.5) at >= 45% model-FLOP
   utilisation, eager, compiled or compiled with CUDA graphs;
@@ -14,7 +15,8 @@ target with the figure measured and whether it is met:
 - streaming from shards at >= 2x the default model's fastest training rate;
 
 then the default's hidden-only decoding against decoding every token, the rate of ``megfm
-pretrain``'s own loop against the bare step, the padding figures of mixed sensor arrays, the
+pretrain``'s own loop against the bare step (eager, and compiled as CUDA graphs), how busy a
+profiled step keeps the GPU, the padding figures of mixed sensor arrays, the
 largest fine-tuning batches of 306 sensors x 30 s within 24 GB and the full tables of every
 training file.
 
@@ -46,6 +48,8 @@ TRAINING = {
 }
 #: the variants that time the default model
 DEFAULT_VARIANTS = ("eager", "compiled", "graphs")
+#: the profiles of a run (``bench_profile.py``), by the suffix of their files
+PROFILES = {"eager": "", "CUDA graphs": "_graphs"}
 STREAM = "parquet (megfm stream)"
 
 
@@ -195,6 +199,24 @@ def luna_text(record: dict | None) -> str | None:
     )
 
 
+def profile_text(label: str, record: dict) -> str:
+    """One profiled step of the default model: wall time, device busy share, kernels."""
+    s = record["settings"]
+    text = (
+        f"Profile of a default training step ({label}, batch {s['batch']}): "
+        f"{record['wall_ms_per_step']:.1f} ms a step"
+    )
+    if record.get("device_busy_ms_per_step") is not None:
+        text += (
+            f", the GPU busy {record['device_busy_ms_per_step']:.1f} ms of it "
+            f"({record['device_busy_share']:.0%}), {record['kernels_per_step']:,.0f} kernels"
+        )
+    top = ", ".join(f"{row['name']} {row['ms_per_step']:.1f} ms" for row in record["top"][:5])
+    return (
+        text + f", {record['operators_per_step']:,.0f} operators; most {record['top_by']}: {top}."
+    )
+
+
 def finetuning_text(record: dict | None) -> str | None:
     """Whether fine-tuning on the record's long windows fits the GPU budget, per strategy."""
     if not record:
@@ -230,9 +252,19 @@ def summary(results: Path, device: str) -> str | None:
     }
     loader = load(results / f"dataloader_{device}.json")
     loop = load(results / f"pretrain_{device}.json")
+    loop_graphs = load(results / f"pretrain_{device}_graphs.json")
     mixed = load(results / f"mixed_arrays_{device}.json")
     finetuning = load(results / f"finetuning_{device}.json")
-    present = [record for record in (*runs.values(), loader, loop, mixed, finetuning) if record]
+    profiles = {
+        label: load(results / f"profile_{device}{suffix}.json")
+        for label, suffix in PROFILES.items()
+    }
+    present = [
+        record
+        for record in (*runs.values(), loader, loop, loop_graphs, mixed, finetuning)
+        + tuple(profiles.values())
+        if record
+    ]
     if not present:
         return None
     first = present[0]
@@ -270,6 +302,22 @@ def summary(results: Path, device: str) -> str | None:
             f"`megfm pretrain` loop (Trainer, collator, loader, batch {loop['settings']['batch']}):"
             f" {rates} of the bare eager step ({bare['windows_per_s']:,.0f} windows/s).",
         ]
+    graphs = default_row(runs.get("graphs"))
+    if loop_graphs and ok(graphs):
+        rates = ", ".join(
+            f"{row['source']} {row['windows_per_s']:,.0f} windows/s "
+            f"({row['windows_per_s'] / graphs['windows_per_s']:.0%})"
+            for row in loop_graphs["results"]
+        )
+        lines += [
+            "",
+            "`megfm pretrain` loop compiled whole, replayed as CUDA graphs (torch_compile_mode="
+            f"{loop_graphs['settings']['torch_compile_mode']}): {rates} of the bare step so "
+            f"compiled ({graphs['windows_per_s']:,.0f} windows/s).",
+        ]
+    for label, record in profiles.items():
+        if record:
+            lines += ["", profile_text(label, record)]
     if mixed:
         shares = ", ".join(
             f"{row['sampling']} {row['padded_share']:.1%} padded, {row['windows_per_s']:,.1f} windows/s"

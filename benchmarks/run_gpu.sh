@@ -26,6 +26,11 @@
 #             work it leaves out would cost here
 #   graphs    the default model compiled whole, mode="reduce-overhead": one static graph
 #             (every token decoded) replayed as CUDA graphs
+#   profile   one eager step of the default model under torch.profiler: how busy the GPU is
+#             against the wall time, kernels and operators per step (bench_profile.py)
+#   profilegraphs  the same compiled whole and replayed as CUDA graphs
+#   trainergraphs  `megfm pretrain`'s own loop with the Trainer compiling the whole model,
+#             torch_compile_mode="reduce-overhead" (Arrow only)
 #
 # --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
 # is stopped when the budget runs out, keeping every measurement it finished. On a machine
@@ -38,7 +43,8 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
-all_steps=(gputests small base compiled loader trainer mixed finetune decodeall graphs)
+all_steps=(gputests small base compiled loader trainer mixed finetune decodeall graphs profile
+    profilegraphs trainergraphs)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -89,6 +95,7 @@ if [ "$rehearse" = 1 ]; then
     pretrain=(--windows 64 --sensors 30 --samples 100 --batch 4 --steps 8 --warmup 2 --device cpu)
     mixed=(--windows-per-system 4 --samples 100 --batch 4 --device cpu)
     finetune=(--device cpu --sensors 30 --seconds 2 --batches 1 2 --steps 1 --warmup 0)
+    profile=(--device cpu --batch 1 --sensors 30 --samples 100 --steps 1 --timed 1 --warmup 0)
 else
     "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")' || exit 1
     device=$("$py" -c 'import bench_training as b, torch; print(b.device_slug(torch.device("cuda")))') || exit 1
@@ -98,6 +105,7 @@ else
     pretrain=(--windows 1024 --steps 80 --warmup 10)
     mixed=(--windows-per-system 64 --samples 1000 --batch 32)
     finetune=(--batches 1 4 16 --steps 3 --warmup 1)
+    profile=()
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 fi
 log="$results/run_gpu_${device}.log"
@@ -119,6 +127,9 @@ declare -A command=(
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"
     [finetune]="bench_finetuning.py ${finetune[*]} --strategies full lora --output $results/finetuning_${device}.json"
+    [profile]="bench_profile.py ${profile[*]} --output $results/profile_${device}.json"
+    [profilegraphs]="bench_profile.py ${profile[*]} --compile-mode reduce-overhead --output $results/profile_${device}_graphs.json"
+    [trainergraphs]="bench_pretrain.py ${pretrain[*]} --sources arrow --torch-compile-mode reduce-overhead --output $results/pretrain_${device}_graphs.json"
 )
 declare -A outcome=()
 failed=0

@@ -30,7 +30,10 @@ DEVICE = "cpu-rehearsal"
 @pytest.mark.slow
 def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     # `compiled` and `graphs` compile for minutes on 2 cores; the rest is every step.
-    steps = ["gputests", "small", "base", "loader", "trainer", "decodeall", "mixed", "finetune"]
+    steps = [
+        "gputests", "small", "base", "loader", "trainer", "decodeall", "mixed", "finetune",
+        "profile",
+    ]  # fmt: skip
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "--no-wheels"]
         + ["--results", str(tmp_path), *steps],
@@ -98,6 +101,11 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
         for name, record in (("hidden", eager), ("all", everything))
     }
     assert flops["hidden"] < flops["all"]
+    profile = json.loads((tmp_path / f"profile_{DEVICE}.json").read_text())
+    assert profile["device_busy_ms_per_step"] is None  # no device to be busy on a CPU
+    assert profile["operators_per_step"] > 100 and profile["wall_ms_per_step"] > 0
+    assert profile["top"][0]["name"].startswith("aten::") and len(profile["top"]) > 5
+    assert "Profile of a default training step (eager, batch 1)" in summary
     log = (tmp_path / f"run_gpu_{DEVICE}.log").read_text()
     assert len(re.findall(r"^== ", log, flags=re.MULTILINE)) == len(steps)  # a header a step
 
@@ -302,6 +310,23 @@ def test_summary_verdicts_follow_the_figures():
     assert _verdicts(small_batch, loader)[2] == "**missed**"
 
     assert _verdicts({}, None) == ["not measured"] * 4
+
+
+def test_summary_says_how_busy_a_profiled_step_keeps_the_gpu():
+    record = {
+        "settings": {"batch": 32},
+        "wall_ms_per_step": 49.4,
+        "device_busy_ms_per_step": 19.8,
+        "device_busy_share": 19.8 / 49.4,
+        "kernels_per_step": 1412.0,
+        "operators_per_step": 2391.0,
+        "top_by": "device time",
+        "top": [{"name": "aten::mm", "calls_per_step": 144.0, "ms_per_step": 6.25}],
+    }
+    assert gpu_summary.profile_text("eager", record) == (
+        "Profile of a default training step (eager, batch 32): 49.4 ms a step, the GPU busy "
+        "19.8 ms of it (40%), 1,412 kernels, 2,391 operators; most device time: aten::mm 6.2 ms."
+    )
 
 
 def test_summary_of_a_folder_without_results(tmp_path):
