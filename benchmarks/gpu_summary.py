@@ -199,6 +199,15 @@ def luna_text(record: dict | None) -> str | None:
     )
 
 
+def loop_rates(loop: dict, bare: dict) -> str:
+    """Each source's windows/s in a ``bench_pretrain.py`` record, as a share of ``bare``'s."""
+    return ", ".join(
+        f"{row['source']} {row['windows_per_s']:,.0f} windows/s "
+        f"({row['windows_per_s'] / bare['windows_per_s']:.0%})"
+        for row in loop["results"]
+    )
+
+
 def profile_text(label: str, record: dict) -> str:
     """One profiled step of the default model: wall time, device busy share, kernels."""
     s = record["settings"]
@@ -292,28 +301,19 @@ def summary(results: Path, device: str) -> str | None:
     if text := luna_text(runs.get("eager")):
         lines += ["", text]
     if loop and ok(bare):
-        rates = ", ".join(
-            f"{row['source']} {row['windows_per_s']:,.0f} windows/s "
-            f"({row['windows_per_s'] / bare['windows_per_s']:.0%})"
-            for row in loop["results"]
-        )
         lines += [
             "",
             f"`megfm pretrain` loop (Trainer, collator, loader, batch {loop['settings']['batch']}):"
-            f" {rates} of the bare eager step ({bare['windows_per_s']:,.0f} windows/s).",
+            f" {loop_rates(loop, bare)} of the bare eager step ({bare['windows_per_s']:,.0f} "
+            "windows/s).",
         ]
     graphs = default_row(runs.get("graphs"))
     if loop_graphs and ok(graphs):
-        rates = ", ".join(
-            f"{row['source']} {row['windows_per_s']:,.0f} windows/s "
-            f"({row['windows_per_s'] / graphs['windows_per_s']:.0%})"
-            for row in loop_graphs["results"]
-        )
         lines += [
             "",
             "`megfm pretrain` loop compiled whole, replayed as CUDA graphs (torch_compile_mode="
-            f"{loop_graphs['settings']['torch_compile_mode']}): {rates} of the bare step so "
-            f"compiled ({graphs['windows_per_s']:,.0f} windows/s).",
+            f"{loop_graphs['settings']['torch_compile_mode']}): {loop_rates(loop_graphs, graphs)}"
+            f" of the bare step so compiled ({graphs['windows_per_s']:,.0f} windows/s).",
         ]
     for label, record in profiles.items():
         if record:
