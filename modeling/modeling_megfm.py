@@ -446,13 +446,6 @@ class MEGEmbeddings(nn.Module):
         sensor = self.geometry(sensor_positions) + self.sensor_type(sensor_types.long())
         return sensor, self.time_encoding(num_patches, sensor_positions.device, sensor.dtype)
 
-    def position_embeddings(
-        self, sensor_positions: torch.Tensor, sensor_types: torch.Tensor, num_patches: int
-    ) -> torch.Tensor:
-        """Where and when every token is: sensor geometry + sensor type + patch index, `(B, S, P, D)`."""
-        sensor, time = self.position_parts(sensor_positions, sensor_types, num_patches)
-        return sensor[:, :, None, :] + time[None, None, :, :]
-
     def forward(
         self,
         input_values: torch.Tensor,
@@ -460,11 +453,14 @@ class MEGEmbeddings(nn.Module):
         sensor_types: torch.Tensor,
         hidden: torch.Tensor | None,
         scale: torch.Tensor | None = None,
+        position: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Return the tokens `(B, S, P, D)`.
 
         `hidden` `(B, S, P)` marks tokens to replace by the mask embedding; `scale` `(B, S)`,
         when given, is the signal level the inputs were divided by, embedded by its logarithm.
+        `position`, when given, is :meth:`position_parts` of these sensors and patches,
+        computed once by a caller that needs it too.
         """
         batch_size, num_sensors, num_samples = input_values.shape
         num_patches = num_samples // self.patch_length
@@ -475,7 +471,10 @@ class MEGEmbeddings(nn.Module):
         signal = self.patch_projection(patches)
         if hidden is not None:
             signal = torch.where(hidden[..., None], self.mask_embedding.to(signal.dtype), signal)
-        position = self.position_embeddings(sensor_positions, sensor_types, num_patches)
+        if position is None:
+            position = self.position_parts(sensor_positions, sensor_types, num_patches)
+        sensor, time = position
+        position = sensor[:, :, None, :] + time[None, None, :, :]
         if scale is not None:
             level = self.scale_projection(scale.log().to(weight_dtype)[..., None])
             position = position + level[:, :, None, :]
@@ -1294,12 +1293,15 @@ class MEGModel(MEGPreTrainedModel):
         output_hidden_states: bool = False,
         read_out: TokenSelection | None = None,
         output_token_states: bool = True,
+        position: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MEGModelOutput:
         """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads).
 
         `read_out`, in `latent` mode, names the tokens a head needs: only they are read out from
         the latents, the others' features are zeros, and the pooled features cover them alone
-        (unless `pooling="latents"`). `output_token_states` as in `forward`.
+        (unless `pooling="latents"`). `output_token_states` as in `forward`. `position` is
+        :meth:`MEGEmbeddings.position_parts` of the inputs, from a head that needs them too
+        (computed here otherwise).
         """
         latent_pooling = self.config.pooling == "latents"
         hidden = None
@@ -1321,14 +1323,19 @@ class MEGModel(MEGPreTrainedModel):
                 self.config.num_sensor_types,
             )
             input_values = input_values / scale[:, :, None].to(input_values.dtype)
-        grid = self.embeddings(input_values, sensor_positions, sensor_types, hidden, scale)
+        if position is None:
+            num_patches = input_values.shape[-1] // self.config.patch_length
+            position = self.embeddings.position_parts(sensor_positions, sensor_types, num_patches)
+        grid = self.embeddings(
+            input_values, sensor_positions, sensor_types, hidden, scale, position=position
+        )
         # Features are pooled over valid sensors; in `full` and `factorized` modes, which do
         # not encode hidden tokens, over the present tokens only.
         pooled = present if self.config.attention_mode in ("full", "factorized") else None
         if pooled is None and sensor_mask is not None:
             pooled = sensor_mask[:, :, None].expand(-1, -1, grid.shape[2])
         if self.config.attention_mode == "latent":
-            time = self.embeddings.time_encoding(grid.shape[2], grid.device, grid.dtype)
+            time = position[1].to(grid.dtype)
             geometry = self.embeddings.geometry.fourier_features(sensor_positions)
             result = self.encoder(
                 grid, present, time, geometry, output_attentions, output_hidden_states, read_out,
@@ -1542,6 +1549,8 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
             and not torch.compiler.is_compiling()
         ):
             rows = TokenSelection.from_mask(hidden)
+        # Where and when every token is: the encoder's embeddings and the decoder share it.
+        position = self.megfm.embeddings.position_parts(sensor_positions, sensor_types, num_patches)
         outputs = self.megfm.encode(
             input_values,
             sensor_positions,
@@ -1551,8 +1560,8 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
             output_attentions,
             output_hidden_states,
             read_out=rows,
+            position=position,
         )
-        position = self.megfm.embeddings.position_parts(sensor_positions, sensor_types, num_patches)
         predicted = self.decoder(
             outputs.last_hidden_state, position, hidden, sensor_mask, rows
         ).float()

@@ -209,6 +209,25 @@ def test_a_pretraining_step_reads_from_the_device_once_per_size(mode, monkeypatc
     assert where == Counter(STEP_READS[mode]), dict(host.reads)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_pretraining_step_embeds_sensor_geometry_and_patch_times_once(mode):
+    # The encoder's embeddings and the decoder share one set of position parts.
+    batch, mask = _padded_batch_and_mask()
+    model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode))
+    embeddings = model.megfm.embeddings
+    calls = Counter()
+    embeddings.geometry.register_forward_hook(lambda *_: calls.update(["geometry"]))
+    time_encoding = embeddings.time_encoding
+
+    def counted_time_encoding(*args, **kwargs):
+        calls.update(["time"])
+        return time_encoding(*args, **kwargs)
+
+    embeddings.time_encoding = counted_time_encoding
+    model(**batch, mask=mask).loss.backward()
+    assert calls == Counter(geometry=1, time=1)
+
+
 def test_mask_is_reproducible_from_a_generator_and_mixes_kinds():
     sensor_mask = torch.ones(4, 30, dtype=torch.bool)
     sensor_mask[2, 20:] = False
