@@ -554,8 +554,13 @@ class MEGAttention(nn.Module):
         context: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, Lq, D) queries attend to (N, Lk, D) context (itself when None)."""
+        """(N, Lq, D) queries attend to (N, Lk, D) context (itself when None).
+
+        With `rows`, indices `(n, q)` of some queries, only their outputs `(K, D)` come back
+        (the output projection runs on them alone).
+        """
         context = hidden_states if context is None else context
         n, query_length, _ = hidden_states.shape
         key_length = context.shape[1]
@@ -589,8 +594,10 @@ class MEGAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             is_causal=False,
         )
-        output = self.o_proj(output.reshape(n, query_length, -1))
-        return output, (weights if output_attentions else None)
+        output = output.reshape(n, query_length, -1)
+        if rows is not None:
+            output = output[rows]
+        return self.o_proj(output), (weights if output_attentions else None)
 
 
 class MEGMLP(nn.Module):
@@ -612,10 +619,11 @@ class MEGLayer(GradientCheckpointingLayer):
 
     With `context`, the queries attend to `context` (normalised by its own norm); otherwise the
     block is a self-attention block. With `rows`, the indices `(n, q)` of some query rows (as
-    `nonzero(as_tuple=True)` of an `(N, Lq)` mask gives them), the feed-forward half runs on
-    those rows only and the others come out as zeros (for outputs that only some tokens need).
-    The caller chooses the rows, so the block has no size that depends on the data and
-    compiles as one graph (`accelerate.utils.compile_regions`).
+    `nonzero(as_tuple=True)` of an `(N, Lq)` mask gives them), only those rows come out,
+    `(K, D)` in the order of the indices: the attention's output projection and the
+    feed-forward half run on them alone (for outputs that only some tokens need). The caller
+    chooses the rows, so the block's sizes follow its inputs and it compiles as one graph
+    (`accelerate.utils.compile_regions`).
     """
 
     def __init__(
@@ -643,14 +651,12 @@ class MEGLayer(GradientCheckpointingLayer):
         normed = self.attention_norm(hidden_states)
         if self.context_norm is not None:
             context = self.context_norm(context)
-        attended, weights = self.attention(normed, context, attention_mask, output_attentions)
-        hidden_states = hidden_states + self.attention_dropout(attended)
-        if rows is None:
-            return hidden_states + self.mlp(self.mlp_norm(hidden_states)), weights
-        chosen = hidden_states[rows]
-        out = torch.zeros_like(hidden_states)
-        out[rows] = chosen + self.mlp(self.mlp_norm(chosen))
-        return out, weights
+        attended, weights = self.attention(
+            normed, context, attention_mask, output_attentions, rows=rows
+        )
+        residual = hidden_states if rows is None else hidden_states[rows]
+        hidden_states = residual + self.attention_dropout(attended)
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states)), weights
 
 
 class MEGFeedForwardLayer(GradientCheckpointingLayer):
@@ -767,7 +773,8 @@ class TokenSelection:
 class EncoderResult:
     """What an encoder hands back to the model (internal)."""
 
-    #: (B, S, P, D) token states; None where the latent encoder skipped its read-out
+    #: (B, S, P, D) token states; None where the latent encoder skipped its read-out; with
+    #: a `TokenSelection` to read out, `(K, D)`: the chosen tokens' states, in its order
     grid: torch.Tensor | None
     hidden_states: tuple[torch.Tensor, ...] | None
     attentions: tuple[torch.Tensor, ...] | None
@@ -998,8 +1005,9 @@ class MEGLatentEncoder(nn.Module):
     2. A transformer of `num_hidden_layers` blocks runs over all `P * L` latents of the window.
     3. Every (sensor, patch) token cross-attends to the latents of its patch, which gives each
        sensor its output (and gives hidden tokens a prediction of their content). Given
-       `rows`, only those tokens get an output (the others are zeros): pretraining reads out
-       the hidden tokens alone, the only ones its loss and reconstruction need.
+       `rows`, only those tokens get an output, `(K, D)` in the order of `rows.index`:
+       pretraining reads out the hidden tokens alone, the only ones its loss and
+       reconstruction need, and never forms the grid of every token's state.
 
     Both cross-attentions add a spatial prior to their logits: a linear function, per head and
     latent, of the Fourier features of each sensor's geometry (the "spatial attention" of
@@ -1097,16 +1105,16 @@ class MEGLatentEncoder(nn.Module):
         latents = self.latent_norm(latents).view(batch_size * num_patches, num_latents, hidden_size)
 
         tokens = None
-        if read_out_tokens:
-            readout_rows = None
-            if rows is not None:  # the read-out's queries are (window * P + patch, sensor)
-                window, sensor, patch = rows.index
-                readout_rows = (window * num_patches + patch, sensor)
+        if read_out_tokens and rows is not None:
+            # The read-out's queries are (window * P + patch, sensor); the chosen ones alone.
+            window, sensor, patch = rows.index
+            readout_rows = (window * num_patches + patch, sensor)
             tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
+            tokens = self.norm(tokens)
+        elif read_out_tokens:
+            tokens, _ = self.readout(sensors, latents, readout_bias, False)
             tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
             tokens = self.norm(tokens)
-            if rows is not None:
-                tokens = tokens * rows.mask[..., None].to(tokens.dtype)
         sensor_attentions = None
         if output_attentions:
             sensor_attentions = (
@@ -1298,8 +1306,9 @@ class MEGModel(MEGPreTrainedModel):
         """The forward pass on inputs already checked with :func:`validate_inputs` (used by the heads).
 
         `read_out`, in `latent` mode, names the tokens a head needs: only they are read out from
-        the latents, the others' features are zeros, and the pooled features cover them alone
-        (unless `pooling="latents"`). `output_token_states` as in `forward`. `position` is
+        the latents, and `last_hidden_state` holds their features alone, `(K, D)` in the order
+        of `read_out.index`; `pooler_output` is then None (unless `pooling="latents"`, which
+        pools the latents). `output_token_states` as in `forward`. `position` is
         :meth:`MEGEmbeddings.position_parts` of the inputs, from a head that needs them too
         (computed here otherwise).
         """
@@ -1341,14 +1350,14 @@ class MEGModel(MEGPreTrainedModel):
                 grid, present, time, geometry, output_attentions, output_hidden_states, read_out,
                 read_out_tokens=output_token_states or not latent_pooling,
             )  # fmt: skip
-            if read_out is not None:
-                pooled = read_out.mask if pooled is None else pooled & read_out.mask
         else:
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
         if latent_pooling:
             pooler_output = result.latents.mean(dim=(1, 2))
-        else:
+        elif read_out is None or self.config.attention_mode != "latent":
             pooler_output = self.pool(result.grid, pooled)
+        else:  # (the features of some tokens: nothing to pool)
+            pooler_output = None
         return MEGModelOutput(
             last_hidden_state=result.grid,
             pooler_output=pooler_output,
@@ -1422,12 +1431,13 @@ class MEGDecoder(nn.Module):
 
         `position` holds the two parts of the position embeddings
         (:meth:`MEGEmbeddings.position_parts`). `rows`, in `latent` mode, are the tokens to
-        predict; the others come out as zeros.
+        predict, and `tokens` their states alone, `(K, D)` in the order of `rows.index` (as
+        the encoder reads them out); the other tokens' predictions come out as zeros.
         """
         per_sensor, per_patch = self.project_position(*position)
         if self.mode == "latent" and rows is not None:
             index = rows.index
-            states = self.embed(tokens[index]) + per_sensor[index[:2]] + per_patch[index[2]]
+            states = self.embed(tokens) + per_sensor[index[:2]] + per_patch[index[2]]
             for layer in self.layers:
                 states = layer(states)
             predicted = self.head(self.norm(states))
