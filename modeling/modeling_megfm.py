@@ -411,6 +411,11 @@ class MEGGeometryEmbedding(nn.Module):
         return self.projection(self.fourier_features(sensor_positions).to(weight_dtype))
 
 
+def _transposed(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """`tensor.transpose(1, 2)` laid out contiguously, or None."""
+    return None if tensor is None else tensor.transpose(1, 2).contiguous()
+
+
 class MEGEmbeddings(nn.Module):
     """Token embeddings: signal patch + sensor geometry + sensor type + temporal position.
 
@@ -454,31 +459,41 @@ class MEGEmbeddings(nn.Module):
         hidden: torch.Tensor | None,
         scale: torch.Tensor | None = None,
         position: tuple[torch.Tensor, torch.Tensor] | None = None,
+        patch_major: bool = False,
     ) -> torch.Tensor:
         """Return the tokens `(B, S, P, D)`.
 
         `hidden` `(B, S, P)` marks tokens to replace by the mask embedding; `scale` `(B, S)`,
         when given, is the signal level the inputs were divided by, embedded by its logarithm.
         `position`, when given, is :meth:`position_parts` of these sensors and patches,
-        computed once by a caller that needs it too.
+        computed once by a caller that needs it too. With `patch_major`, the tokens are laid
+        out in memory patch by patch (the transpose of a contiguous `(B, P, S, D)`), as an
+        encoder that works on the sensors of each patch reads them.
         """
         batch_size, num_sensors, num_samples = input_values.shape
         num_patches = num_samples // self.patch_length
         weight_dtype = self.patch_projection.weight.dtype
+        if position is None:
+            position = self.position_parts(sensor_positions, sensor_types, num_patches)
+        per_sensor, per_patch = position
+        if scale is not None:
+            level = self.scale_projection(scale.log().to(weight_dtype)[..., None])
+            per_sensor = per_sensor + level
         patches = input_values.to(weight_dtype).view(
             batch_size, num_sensors, num_patches, self.patch_length
         )
+        if patch_major:  # (the samples, a tenth of the size of the tokens, are moved instead)
+            patches, hidden = _transposed(patches), _transposed(hidden)
+            per_sensor, per_patch = per_sensor[:, None, :, :], per_patch[None, :, None, :]
+        else:
+            per_sensor, per_patch = per_sensor[:, :, None, :], per_patch[None, None, :, :]
         signal = self.patch_projection(patches)
         if hidden is not None:
             signal = torch.where(hidden[..., None], self.mask_embedding.to(signal.dtype), signal)
-        if position is None:
-            position = self.position_parts(sensor_positions, sensor_types, num_patches)
-        sensor, time = position
-        position = sensor[:, :, None, :] + time[None, None, :, :]
-        if scale is not None:
-            level = self.scale_projection(scale.log().to(weight_dtype)[..., None])
-            position = position + level[:, :, None, :]
-        return self.dropout(signal + position)
+        # Per-sensor and per-patch parts are added to the tokens one after the other: the
+        # (B, S, P, D) grid of position embeddings is never formed.
+        tokens = self.dropout(signal + per_sensor + per_patch)
+        return tokens.transpose(1, 2) if patch_major else tokens
 
 
 # --------------------------------------------------------------------------------------------
@@ -1335,15 +1350,16 @@ class MEGModel(MEGPreTrainedModel):
         if position is None:
             num_patches = input_values.shape[-1] // self.config.patch_length
             position = self.embeddings.position_parts(sensor_positions, sensor_types, num_patches)
+        latent = self.config.attention_mode == "latent"
         grid = self.embeddings(
-            input_values, sensor_positions, sensor_types, hidden, scale, position=position
+            input_values, sensor_positions, sensor_types, hidden, scale, position, latent
         )
         # Features are pooled over valid sensors; in `full` and `factorized` modes, which do
         # not encode hidden tokens, over the present tokens only.
         pooled = present if self.config.attention_mode in ("full", "factorized") else None
         if pooled is None and sensor_mask is not None:
             pooled = sensor_mask[:, :, None].expand(-1, -1, grid.shape[2])
-        if self.config.attention_mode == "latent":
+        if latent:
             time = position[1].to(grid.dtype)
             geometry = self.embeddings.geometry.fourier_features(sensor_positions)
             result = self.encoder(
