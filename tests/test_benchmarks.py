@@ -21,6 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import bench_roofline  # noqa: E402
+import bench_training  # noqa: E402
 import gpu_summary  # noqa: E402
 import peers  # noqa: E402
 
@@ -370,3 +372,105 @@ def test_finetuning_fit_follows_the_reserved_memory():
     too_big = _finetuning_record([("full", False, 1, "ok", 25.0), ("full", True, 1, "OOM", 0.0)])
     assert gpu_summary.finetuning_text(too_big).endswith("Does not fit one 24 GB GPU.")
     assert gpu_summary.finetuning_text(None) is None
+
+
+# --------------------------------------------------------------------------------------------
+# The roofline: kernels traced on the CPU, floors of a GPU
+# --------------------------------------------------------------------------------------------
+
+
+def _traced(step) -> list:
+    return bench_roofline.trace_step(step, "test")
+
+
+def test_roofline_counts_a_linear_layers_work_and_memory_by_hand():
+    layer = torch.nn.Linear(64, 32)
+    # (the 3-d input is viewed as 80 rows: a view runs no kernel)
+    x = torch.randn(8, 10, 64, requires_grad=True)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().sum().backward()
+
+    kernels = _traced(step)
+    names = [kernel.name for kernel in kernels]
+    assert "view" not in names and "t" not in names
+    (forward,) = [kernel for kernel in kernels if kernel.name == "addmm"]
+    assert forward.flops == 2 * 80 * 64 * 32
+    # bf16: the input and the weight cast for it, the bias, the output.
+    assert forward.bytes == 2 * (80 * 64 + 64 * 32 + 32 + 80 * 32)
+    products = [kernel for kernel in kernels if kernel.name == "mm"]
+    assert sorted(kernel.flops for kernel in products) == [2 * 80 * 64 * 32] * 2  # (dx, dW)
+    assert {kernel.module for kernel in products} == {"(backward, every module)"}
+
+
+def test_roofline_records_masked_attention_as_one_fused_kernel_each_way():
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 5, 8, generator=generator, requires_grad=True)
+    bias = torch.randn(3, 2, 5, 7, generator=generator, requires_grad=True)
+    k7 = torch.randn(3, 2, 7, 8, generator=generator, requires_grad=True)
+    v7 = torch.randn(3, 2, 7, 8, generator=generator, requires_grad=True)
+    inputs = (q, k7, v7, bias)
+
+    def run():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k7, v7, attn_mask=bias)
+        return torch.autograd.grad(out.square().sum(), inputs)
+
+    expected = run()
+    found = []
+    kernels = _traced(lambda: found.extend(run()))
+    attention = [kernel for kernel in kernels if "attention" in kernel.name]
+    assert [kernel.name for kernel in attention] == ["fused_attention", "fused_attention_backward"]
+    assert attention[0].flops == sdpa_flop_count(q.shape, k7.shape, v7.shape)
+    assert attention[1].flops == sdpa_backward_flop_count(q.shape, q.shape, k7.shape, v7.shape)
+    # Forward reads q, k, v and the bias and writes the output and a float32 row statistic.
+    element = 4
+    reads = (q.numel() + k7.numel() + v7.numel() + bias.numel()) * element
+    assert attention[0].bytes == reads + q.numel() * element + 3 * 2 * 5 * 4
+    # The traced attention computes what PyTorch's does, gradients included.
+    for got, want in zip(found, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    # ... and hands PyTorch's back.
+    assert torch.nn.functional.scaled_dot_product_attention is bench_roofline._SDPA
+
+
+def test_roofline_floors_take_the_slower_of_arithmetic_and_memory():
+    roofline = bench_roofline
+    gpu = roofline.GPU("test", tflops=100.0, bandwidth_tbs=1.0)
+    kernels = [
+        roofline.Kernel("mm", "a", flops=2e12, bytes=1e9),  # 20 ms of work, 1 ms of memory
+        roofline.Kernel("add", "a", flops=0.0, bytes=5e9),  # 5 ms of memory
+        roofline.Kernel("fused_adamw", "optimizer", flops=0.0, bytes=1e6),  # 1 us: 2 us least
+    ]
+    result = roofline.floors(kernels, gpu, kernel_us=2.0)
+    assert result.compute_s == pytest.approx(0.020)
+    assert result.eager_s == pytest.approx(0.020 + 0.005 + 2e-6)
+    assert result.fused_s == pytest.approx(0.020 + 2e-6)  # the add fused away
+    row = result.as_dict(windows=4)
+    assert row["eager_mfu_ceiling"] == pytest.approx(0.020 / 0.025002)
+    assert row["modules"]["a"]["kernels"] == 2
+
+
+@pytest.mark.slow
+def test_roofline_of_the_default_model_counts_the_flops_bench_training_counts(tmp_path):
+    output = tmp_path / "roofline.json"
+    _run_benchmark(
+        "bench_roofline.py", "--models", "default", "--batch", "4", "--gpus", "h200",
+        "--bandwidth-tbs", "2", "--output", str(output),
+    )  # fmt: skip
+    record = json.loads(output.read_text())
+    (gpu,) = record["gpus"]
+    assert gpu["tflops"] == bench_roofline.GPUS["h200"].tflops and gpu["bandwidth_tbs"] == 2.0
+    (row,) = gpu["models"]
+    # Extrapolated from batch 2 and 3 to 4, the FLOPs are those of a step at batch 4 (within
+    # the recomputation of a fused attention kernel's backward pass, which counts 5 products
+    # where PyTorch's CPU fallback for masked attention runs 4).
+    step, _ = bench_roofline.megfm_step("small", "latent", 0.5, 4)
+    flops = bench_training.count_flops(step)
+    assert flops < row["tflop_per_step"] * 1e12 < 1.01 * flops
+    assert row["compute_floor_ms"] < row["fused_floor_ms"] < row["eager_floor_ms"]
+    assert 0 < row["eager_mfu_ceiling"] < row["fused_mfu_ceiling"] < 1
+    assert "| megfm default (latent 256 x 8) |" in record["markdown"]
