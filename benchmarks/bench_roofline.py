@@ -271,7 +271,7 @@ def fused_attention(trace: KernelTrace) -> Iterator[None]:
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                   scale=None, enable_gqa=False):  # fmt: skip
         if dropout_p or is_causal or enable_gqa:
-            raise NotImplementedError("traced attention: no dropout, causal mask or GQA")
+            raise ValueError("the trace counts attention without dropout, causal mask or GQA")
         if attn_mask is not None and attn_mask.dtype == torch.bool:  # (as an additive mask)
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(
                 ~attn_mask, torch.finfo(query.dtype).min

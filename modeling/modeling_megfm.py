@@ -1370,7 +1370,7 @@ class MEGModel(MEGPreTrainedModel):
             result = self.encoder(grid, present, output_attentions, output_hidden_states)
         if latent_pooling:
             pooler_output = result.latents.mean(dim=(1, 2))
-        elif read_out is None or self.config.attention_mode != "latent":
+        elif read_out is None or not latent:
             pooler_output = self.pool(result.grid, pooled)
         else:  # (the features of some tokens: nothing to pool)
             pooler_output = None
