@@ -116,15 +116,9 @@ NO_KERNEL = {
     "empty_strided", "new_empty", "new_empty_strided", "view_as", "unfold", "diagonal",
     "_local_scalar_dense", "is_same_size", "sym_size", "sym_stride", "sym_numel",
 }  # fmt: skip
-#: Operators whose FLOPs are the step's model FLOPs (the ones the fused floor keeps).
-MATMULS = {
-    "mm", "addmm", "bmm", "baddbmm",
-    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
-    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_flash_attention_for_cpu_backward",
-    "fused_attention", "fused_attention_backward",
-}  # fmt: skip
+#: Operators whose FLOPs are the step's model FLOPs (the ones the fused floor keeps); every
+#: scaled-dot-product attention is traced as ``fused_attention`` (:class:`_FusedAttention`).
+MATMULS = {"mm", "addmm", "bmm", "baddbmm", "fused_attention", "fused_attention_backward"}
 
 
 @dataclass

@@ -1120,15 +1120,15 @@ class MEGLatentEncoder(nn.Module):
         latents = self.latent_norm(latents).view(batch_size * num_patches, num_latents, hidden_size)
 
         tokens = None
-        if read_out_tokens and rows is not None:
-            # The read-out's queries are (window * P + patch, sensor); the chosen ones alone.
-            window, sensor, patch = rows.index
-            readout_rows = (window * num_patches + patch, sensor)
+        if read_out_tokens:
+            readout_rows = None
+            if rows is not None:  # the read-out's queries are (window * P + patch, sensor)
+                window, sensor, patch = rows.index
+                readout_rows = (window * num_patches + patch, sensor)
             tokens, _ = self.readout(sensors, latents, readout_bias, False, rows=readout_rows)
-            tokens = self.norm(tokens)
-        elif read_out_tokens:
-            tokens, _ = self.readout(sensors, latents, readout_bias, False)
-            tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size).transpose(1, 2)
+            if rows is None:  # (with rows: the chosen tokens alone, (K, D))
+                tokens = tokens.view(batch_size, num_patches, num_sensors, hidden_size)
+                tokens = tokens.transpose(1, 2)
             tokens = self.norm(tokens)
         sensor_attentions = None
         if output_attentions:
