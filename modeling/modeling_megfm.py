@@ -764,6 +764,12 @@ def _present_first(kept: torch.Tensor, length: int) -> torch.Tensor:
     return order[:, : max(length, 1)]
 
 
+#: Under `torch.compile`, the number of tokens that pretraining reads out and decodes is rounded
+#: up to a multiple of 1/64 of the batch's tokens (at most 1.6% of them more), so it takes a few
+#: values however the counts of bad sensors vary (`TokenSelection.from_mask`).
+COMPILED_SELECTION_BUCKETS = 64
+
+
 @dataclass
 class TokenSelection:
     """Tokens of a `(B, S, P)` grid that a head needs, for the latent read-out and decoder.
@@ -779,9 +785,35 @@ class TokenSelection:
     index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> TokenSelection:
-        """The True tokens of `mask` `(B, S, P)`: one read back from the device."""
-        return cls(mask, mask.nonzero(as_tuple=True))
+    def from_mask(cls, mask: torch.Tensor, buckets: int | None = None) -> TokenSelection:
+        """The True tokens of `mask` `(B, S, P)`: one read back from the device.
+
+        Their number follows the data, so under `torch.compile` this step runs eagerly between
+        two graphs (one graph break), and what follows it compiles with the number as a size.
+        With `buckets`, the number is rounded up to a multiple of `1 / buckets` of the grid
+        with the first tokens that `mask` leaves out (whose outputs the callers set aside), so
+        it takes at most `buckets` values: a graph replayed as CUDA graphs records one per
+        value, where otherwise every new count of bad sensors would record another.
+        """
+        return cls(*_chosen_tokens(mask, buckets))
+
+
+@torch.compiler.disable
+def _chosen_tokens(
+    mask: torch.Tensor, buckets: int | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`mask`, with the tokens added to round its count up with `buckets`, and their indices."""
+    if buckets is None:
+        return mask, mask.nonzero(as_tuple=True)
+    total = mask.numel()
+    step = -(-total // buckets)
+    count = int(mask.sum())
+    size = min(-(-count // step) * step, total)
+    if size > count:
+        left_out = ~mask.flatten()
+        added = left_out & (left_out.cumsum(0) <= size - count)
+        mask = mask | added.view_as(mask)
+    return mask, torch.nonzero_static(mask, size=size).unbind(1)
 
 
 @dataclass
@@ -1536,9 +1568,11 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
                 Also decode the visible tokens of valid sensors, whose reconstruction is
                 otherwise their input as given. Neither the loss nor the hidden tokens'
                 reconstruction depend on it; without it, `latent` mode reads out and decodes
-                the hidden tokens alone (at mask ratio 0.5, about a third less work), also
-                with its blocks compiled (`accelerate.utils.compile_regions`); the whole model
-                traced by `torch.compile` is one static graph, which decodes every token.
+                the hidden tokens alone (at mask ratio 0.5, about a third less work), eagerly
+                and compiled alike: under `torch.compile` the choice of the hidden tokens,
+                whose number follows the mask, runs between two graphs. With it, nothing in
+                `latent` mode depends on the data's values, so the whole model traces as one
+                static graph (`torch.compile(..., fullgraph=True)`, `torch.export`).
         """
         output_attentions = (
             self.config.output_attentions if output_attentions is None else output_attentions
@@ -1564,17 +1598,13 @@ class MEGForMaskedSignalModeling(MEGPreTrainedModel):
             mask = self.draw_mask(valid, num_patches, generator)
 
         # Hidden tokens and those of invalid sensors are predicted; in `latent` mode, whose
-        # read-out and decoder treat every token on its own, only they need be computed (the
-        # data-dependent selection is left out of a static graph when torch.compile traces the
-        # whole model; compiled by regions, the selection runs between the compiled blocks).
+        # read-out and decoder treat every token on its own, only they need be computed.
         hidden = mask | ~valid[:, :, None]
         rows = None
-        if (
-            self.config.attention_mode == "latent"
-            and not decode_visible
-            and not torch.compiler.is_compiling()
-        ):
-            rows = TokenSelection.from_mask(hidden)
+        if self.config.attention_mode == "latent" and not decode_visible:
+            # Compiled, a few sizes of the selection: one CUDA graph each when they replay.
+            buckets = COMPILED_SELECTION_BUCKETS if torch.compiler.is_compiling() else None
+            rows = TokenSelection.from_mask(hidden, buckets)
         # Where and when every token is: the encoder's embeddings and the decoder share it.
         position = self.megfm.embeddings.position_parts(sensor_positions, sensor_types, num_patches)
         outputs = self.megfm.encode(

@@ -1,4 +1,5 @@
-"""Checks of the training step on a CUDA device: bf16 autocast and host synchronisation.
+"""Checks of the training step on a CUDA device: bf16 autocast, host synchronisation and the
+whole model replayed as CUDA graphs.
 
 The CUDA cases are marked `gpu`, which the default run deselects: `pytest -m gpu` selects them,
 and `benchmarks/run_gpu.sh` runs them before its benchmarks. The CPU case of each check that
@@ -78,3 +79,30 @@ def test_latent_step_synchronises_with_the_host_twice():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == 2, syncs
+
+
+@pytest.mark.gpu
+def test_whole_model_replayed_as_cuda_graphs_trains_as_eager():
+    """`torch.compile(mode="reduce-overhead")` of the whole default model: the hidden tokens are
+    chosen between graphs replayed as CUDA graphs, and loss and gradients are the eager ones,
+    also when the number of hidden tokens changes from step to step."""
+    device = _device("cuda")
+    model, batch, _ = _model_and_inputs("latent", device)
+    compiled = torch.compile(model, mode="reduce-overhead")
+    for step, padded_from in enumerate((20, 20, 17, 17, 20)):
+        valid = batch["sensor_mask"].cpu()
+        valid[1] = torch.arange(valid.shape[1]) < padded_from
+        generator = torch.Generator().manual_seed(step)
+        mask = compute_signal_mask(valid, 10, 0.5, 0.3, 0.2, generator).to(device)
+        batch["sensor_mask"] = valid.to(device)
+        results = {}
+        for name, net in (("eager", model), ("compiled", compiled)):
+            model.zero_grad(set_to_none=True)
+            torch.compiler.cudagraph_mark_step_begin()
+            loss = net(**batch, mask=mask).loss
+            loss.backward()
+            grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+            gradient = torch.cat(grads)
+            results[name] = (loss.item(), gradient.clone())
+        assert results["compiled"][0] == pytest.approx(results["eager"][0], rel=1e-4)
+        assert F.cosine_similarity(results["compiled"][1], results["eager"][1], dim=0) > 0.9999

@@ -17,7 +17,11 @@ from megfm_hf import (
     MEGModel,
     compute_signal_mask,
 )
-from megfm_hf.modeling.modeling_megfm import sensor_type_scale
+from megfm_hf.modeling.modeling_megfm import (
+    COMPILED_SELECTION_BUCKETS,
+    TokenSelection,
+    sensor_type_scale,
+)
 
 from model_tester import meg_batch, tiny_config
 
@@ -193,7 +197,7 @@ class HostReads(TorchDispatchMode):
 # decoder's sub-grid. Factorized: the encoder's and the decoder's sub-grids (sensors and
 # patches together).
 STEP_READS = {
-    "latent": ["validate_inputs", "from_mask"],
+    "latent": ["validate_inputs", "_chosen_tokens"],
     "full": ["validate_inputs", "MEGFullEncoder.forward", "MEGFactorizedEncoder.forward"],
     "factorized": ["validate_inputs"] + ["MEGFactorizedEncoder.forward"] * 2,
 }
@@ -536,6 +540,7 @@ def test_bf16_autocast_runs():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_compile_full_graph(mode):
+    """One static graph: `latent` mode decoding every token depends on no value of the data."""
     torch._dynamo.reset()
     model = MEGForMaskedSignalModeling(tiny_config(attention_mode=mode)).eval()
     batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
@@ -543,13 +548,29 @@ def test_torch_compile_full_graph(mode):
         batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0)
     )
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    expected = model(**batch, mask=mask)
-    got = compiled(**batch, mask=mask)
+    decode_visible = mode == "latent"
+    expected = model(**batch, mask=mask, decode_visible=decode_visible)
+    got = compiled(**batch, mask=mask, decode_visible=decode_visible)
     torch.testing.assert_close(got.reconstruction, expected.reconstruction)
     # The mask drawn inside forward when the caller passes none traces too.
-    drawn = compiled(**batch)
+    drawn = compiled(**batch, decode_visible=decode_visible)
     assert drawn.mask.sum(dim=(1, 2)).tolist() == [14, 14]  # round(0.5 * 9 sensors * 3 patches)
     assert torch.isfinite(drawn.loss)
+
+
+def test_latent_model_decoding_every_token_exports():
+    """`torch.export` of the pretraining model with `decode_visible=True`: its loss and
+    reconstruction are the eager model's."""
+    model = MEGForMaskedSignalModeling(tiny_config()).eval()
+    batch = meg_batch(batch_size=2, num_sensors=9, num_samples=30)
+    mask = compute_signal_mask(
+        batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(0)
+    )
+    inputs = {**batch, "mask": mask, "decode_visible": True}
+    exported = torch.export.export(model, (), inputs).module()
+    got, expected = exported(**inputs), model(**inputs)
+    torch.testing.assert_close(got["loss"], expected.loss)
+    torch.testing.assert_close(got["reconstruction"], expected.reconstruction)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -587,6 +608,67 @@ def test_compiled_blocks_keep_the_sizes_that_follow_the_mask(mode):
                 torch.testing.assert_close(p.grad, gradients[name], msg=name)
         model.zero_grad(set_to_none=True)
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_compiled_whole_model_reads_out_and_decodes_the_hidden_tokens_alone():
+    """`torch.compile` of the whole model in `latent` mode: the choice of the hidden tokens runs
+    between two graphs, the decoder sees those tokens alone (their number changing from batch
+    to batch), and loss, reconstruction and gradients are the eager model's."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = MEGForMaskedSignalModeling(tiny_config()).train()
+    decoded = []
+    model.decoder.head.register_forward_hook(lambda module, args, out: decoded.append(out.shape))
+    compiled = torch.compile(model, backend="aot_eager")
+    for num_sensors, seed in ((9, 0), (12, 1), (10, 2)):
+        batch = meg_batch(batch_size=2, num_sensors=num_sensors, num_samples=30, seed=seed)
+        batch["sensor_mask"][1, -2:] = False  # a padded window
+        mask = compute_signal_mask(
+            batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(seed)
+        )
+        expected = model(**batch, mask=mask)
+        expected.loss.backward()
+        gradients = {
+            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+        }
+        model.zero_grad(set_to_none=True)
+        got = compiled(**batch, mask=mask)
+        got.loss.backward()
+        hidden = mask | ~batch["sensor_mask"][:, :, None]
+        chosen = TokenSelection.from_mask(hidden, COMPILED_SELECTION_BUCKETS)
+        assert decoded[-1][0] == chosen.index[0].numel() < mask.numel()
+        torch.testing.assert_close(got.loss, expected.loss)
+        torch.testing.assert_close(got.reconstruction, expected.reconstruction)
+        for name, p in model.named_parameters():
+            if name in gradients:
+                torch.testing.assert_close(p.grad, gradients[name], msg=name)
+        model.zero_grad(set_to_none=True)
+    breaks = list(counters["graph_break"])
+    assert breaks and all("_chosen_tokens" in reason for reason in breaks), breaks
+
+
+def test_token_selection_rounds_its_count_up_to_a_few_sizes():
+    """With buckets, the chosen tokens are the mask's and the first ones it leaves out, as many
+    as the next multiple of 1/buckets of the grid; their count takes at most `buckets` values."""
+    sizes = set()
+    for seed in range(40):
+        generator = torch.Generator().manual_seed(seed)
+        mask = torch.rand(3, 7, 5, generator=generator) < torch.rand(1, generator=generator)
+        chosen = TokenSelection.from_mask(mask, buckets=8)  # steps of 14 of the 105 tokens
+        count, size = int(mask.sum()), chosen.index[0].numel()
+        assert size in (*range(0, 105, 14), 105) and count <= size < count + 14
+        added = (chosen.mask & ~mask).flatten().nonzero().flatten()
+        assert torch.equal(added, (~mask).flatten().nonzero().flatten()[: size - count])
+        assert torch.equal(
+            torch.stack(chosen.index), torch.stack(chosen.mask.nonzero(as_tuple=True))
+        )
+        sizes.add(size)
+        exact = TokenSelection.from_mask(mask)
+        assert torch.equal(exact.mask, mask) and exact.index[0].numel() == count
+    assert 1 < len(sizes) <= 8
 
 
 def test_token_selection_traces_and_picks_the_same_tokens():

@@ -129,7 +129,8 @@ def _logged_losses(trainer: Trainer) -> list[float]:
 
 
 def test_trainer_compiling_the_whole_model_trains_as_eager(tmp_path, monkeypatch):
-    """`torch_compile=True` alone: one static graph (every token decoded), the eager losses."""
+    """`torch_compile=True` alone: the whole model compiled (the choice of the hidden tokens
+    between its two graphs), the eager losses."""
     monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
     train = meg_batch(batch_size=32, num_sensors=18, num_samples=100, evoked_amplitude=10.0, seed=1)
     model = MEGForMaskedSignalModeling(tiny_config())
