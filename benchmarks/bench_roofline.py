@@ -96,7 +96,7 @@ class Traced:
 MODELS = {
     "default": Traced("megfm default (latent 256 x 8)", "small", "latent"),
     "default-all": Traced(
-        "megfm default, every token decoded (as compiled whole)", "small", "latent",
+        "megfm default, every token decoded (decode_visible=True)", "small", "latent",
         decode_visible=True,
     ),
     "full": Traced("megfm full 256 x 8", "small", "full"),

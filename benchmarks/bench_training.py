@@ -20,8 +20,9 @@ random windows of ``--sensors`` x ``--samples`` (patches of 25 samples):
 
 ``--compile`` compiles megfm's blocks (``accelerate.utils.compile_regions``), which keeps the
 encoder on visible tokens and the decoder on hidden ones; ``--compile-scope whole`` compiles the
-whole model into one static graph instead, which encodes (``full``, ``factorized``) and decodes
-(``latent``) every token, and its FLOPs count that work. Peers are compiled whole.
+whole model instead: in ``latent`` mode the choice of the hidden tokens runs between its two
+graphs, so it does the eager model's work; ``full`` and ``factorized`` trace as one static graph,
+which encodes the whole grid, and their FLOPs count that work. Peers are compiled whole.
 
 Beside each figure, ``PatchTSTForPretraining`` / ``PatchTSTModel`` from transformers at the same
 input, width, depth, heads, feed-forward width (4 x width) and mask ratio run in the same
@@ -342,7 +343,7 @@ class Settings:
     #: decode every token in pretraining steps, not only the hidden ones (``latent`` mode)
     decode_visible: bool = False
     #: compile megfm's blocks (``"regions"``, the sizes that follow the mask stay) or the
-    #: whole model (``"whole"``: one static graph over every token); peers compile whole
+    #: whole model (``"whole"``); peers compile whole
     compile_scope: str = "regions"
 
     @property
@@ -359,10 +360,11 @@ class Settings:
         """What of megfm is compiled (``"regions"`` or ``"whole"``); None when eager."""
         return self.compile_scope if self.compile else None
 
-    @property
-    def static_megfm(self) -> bool:
-        """Whether megfm runs as one compiled graph, which encodes and decodes every token."""
-        return self.megfm_compile_scope == "whole"
+    def encodes_whole_grid(self, mode: str) -> bool:
+        """Whether megfm in attention ``mode`` runs as one static graph, whose encoder covers
+        the whole grid (compiled whole, ``full`` and ``factorized`` leave out the gathering of
+        the present tokens, whose number follows the mask)."""
+        return self.megfm_compile_scope == "whole" and mode != "latent"
 
     def compiled(self, model: torch.nn.Module, regions: bool = False) -> torch.nn.Module:
         """``model`` under ``torch.compile`` in the chosen mode, or itself when eager.
@@ -484,18 +486,24 @@ def train_megfm(
         row["parameters"] = sum(p.numel() for p in model.parameters())
         row["attn_implementation"] = model.config._attn_implementation
 
-        def one_step(net: torch.nn.Module, batch: dict, decode_visible: bool = False) -> None:
+        def one_step(net: torch.nn.Module, batch: dict) -> None:
             with settings.autocast():
-                loss = net(**batch, decode_visible=settings.decode_visible or decode_visible)
+                loss = net(**batch, decode_visible=settings.decode_visible)
             loss.loss.backward()
 
         # The mask is an input, as in pretraining, where the collator draws it.
         batches = [{**inputs, "mask": mask} for mask in collator_masks(model, settings)]
-        # Compiled whole, the model decodes every token (the data-dependent choice of the
-        # hidden ones is left out of the static graph), so its work is counted that way too.
-        static = settings.static_megfm
-        flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1), decode_visible=static))
-        row["decodes_every_token"] = settings.decode_visible or static
+        # Compiled as one static graph, the encoder covers the whole grid, as it does with
+        # its gathering of the present tokens switched off: the work is counted that way.
+        encoder = model.megfm.encoder
+        whole_grid = settings.encodes_whole_grid(mode)
+        if whole_grid:
+            encoder.gather_present = False
+        flops = count_flops(lambda: one_step(model, batch_of(batches[0], 1)))
+        if whole_grid:
+            encoder.gather_present = True
+        row["decodes_every_token"] = settings.decode_visible
+        row["encodes_whole_grid"] = whole_grid
         row["compile_scope"] = settings.megfm_compile_scope
         model.zero_grad(set_to_none=True)
         if settings.gradient_checkpointing:
@@ -834,8 +842,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("regions", "whole"),
         default="regions",
         help="what of megfm to compile: its blocks (accelerate's compile_regions; the encoder "
-        "on visible tokens and the decoder on hidden ones, as eagerly) or the whole model (one "
-        "static graph that encodes and decodes every token); peers compile whole",
+        "on visible tokens and the decoder on hidden ones, as eagerly) or the whole model "
+        "(latent: the hidden tokens chosen between two graphs, as eagerly; full, factorized: "
+        "one static graph that encodes the whole grid); peers compile whole",
     )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="megfm only")
     parser.add_argument(

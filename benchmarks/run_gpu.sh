@@ -9,13 +9,14 @@
 #
 # STEP, in the order they run (default: all):
 #   gputests  tests/test_gpu.py on the GPU: bf16 autocast steps follow float32 in every mode,
-#             and a latent pretraining step synchronises with the host twice (pytest -m gpu)
+#             a latent pretraining step synchronises with the host twice, and the whole model
+#             replayed as CUDA graphs trains as eager (pytest -m gpu)
 #   small     training and features at the reference shape, width 256 x 8, every attention
 #             mode and mask ratio, PatchTST and (where braindecode is installed or carried)
 #             LUNA beside (bench_training.py)
 #   base      the same at width 768 x 12: does it fit batch 32?
-#   compiled  the default model (its blocks compiled: accelerate's compile_regions) and
-#             PatchTST (compiled whole) under torch.compile, mask ratio 0.5
+#   compiled  the default model and PatchTST, both compiled whole (torch.compile), mask
+#             ratio 0.5; megfm chooses its hidden tokens between its two graphs
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
 #   trainer   `megfm pretrain`'s own loop (Trainer, collator, loader workers, bf16) beside the
 #             bare step: does the data path keep the GPU fed? (bench_pretrain.py)
@@ -24,8 +25,7 @@
 #             checkpointing off and on: does it fit one 24 GB GPU? (bench_finetuning.py)
 #   decodeall the default model decoding every token, not only the hidden ones: what the
 #             work it leaves out would cost here
-#   graphs    the default model compiled whole, mode="reduce-overhead": one static graph
-#             (every token decoded) replayed as CUDA graphs
+#   graphs    the same with mode="reduce-overhead": both replayed as CUDA graphs
 #   profile   one eager step of the default model under torch.profiler: how busy the GPU is
 #             against the wall time, kernels and operators per step (bench_profile.py)
 #   profilegraphs  the same compiled whole and replayed as CUDA graphs
@@ -120,9 +120,9 @@ declare -A command=(
     [gputests]="-m pytest -q -rs -p no:cacheprovider -m gpu $root/tests/test_gpu.py"
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
     [base]="bench_training.py ${training[*]} ${base[*]} --sizes base --output ${prefix}_base.json"
-    [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --skip-features --skip-luna --output ${prefix}_small_compiled.json"
+    [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --compile-scope whole --skip-features --skip-luna --output ${prefix}_small_compiled.json"
     [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_decode_visible.json"
-    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --compile-scope whole --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_graphs.json"
+    [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --compile-scope whole --skip-features --skip-luna --output ${prefix}_small_graphs.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"
