@@ -10,11 +10,12 @@ every target with the figure measured and whether it is met:
 - the default model (``latent``, width 256 x 8, mask ratio 0.5) at >= 45% model-FLOP
   utilisation, eager, compiled or compiled with CUDA graphs;
 - >= 3x the training windows/s of transformers' PatchTST at equal width and depth (eager beside
-  eager, compiled beside compiled);
+  eager, compiled beside compiled, CUDA graphs beside CUDA graphs);
 - the 768 x 12 model training at batch 32;
 - streaming from shards at >= 2x the default model's fastest training rate;
 
-then the default's hidden-only decoding against decoding every token, the rate of ``megfm
+then the default's hidden-only decoding against decoding every token, its eager rate at a
+larger batch against the reference batch's, the rate of ``megfm
 pretrain``'s own loop against the bare step (eager, and compiled as CUDA graphs), how busy a
 profiled step keeps the GPU, the padding figures of mixed sensor arrays, the
 largest fine-tuning batches of 306 sensors x 30 s within 24 GB and the full tables of every
@@ -44,6 +45,7 @@ TRAINING = {
     "compiled": "small_compiled",
     "graphs": "small_graphs",
     "decode_visible": "small_decode_visible",
+    "large_batch": "small_large_batch",
     "base": "base",
 }
 #: the variants that time the default model
@@ -199,6 +201,20 @@ def luna_text(record: dict | None) -> str | None:
     )
 
 
+def large_batch_text(bare: dict | None, record: dict | None) -> str | None:
+    """The default model eager at a larger batch, beside its rate at the reference batch."""
+    large = default_row(record)
+    if not (ok(bare) and ok(large)):
+        return None
+    batch = record["settings"]["batch"]
+    mfu = f", MFU {large['mfu']:.1%}" if large.get("mfu") is not None else ""
+    return (
+        f"Eager at batch {batch}: {large['windows_per_s']:,.0f} windows/s, "
+        f"{large['windows_per_s'] / bare['windows_per_s']:.2f}x the reference batch's "
+        f"{bare['windows_per_s']:,.0f}{mfu}, {_gib(large['peak_memory_bytes'])} peak memory."
+    )
+
+
 def loop_rates(loop: dict, bare: dict) -> str:
     """Each source's windows/s in a ``bench_pretrain.py`` record, as a share of ``bare``'s."""
     return ", ".join(
@@ -299,6 +315,8 @@ def summary(results: Path, device: str) -> str | None:
             "GFLOP per window).",
         ]
     if text := luna_text(runs.get("eager")):
+        lines += ["", text]
+    if text := large_batch_text(bare, runs.get("large_batch")):
         lines += ["", text]
     if loop and ok(bare):
         lines += [

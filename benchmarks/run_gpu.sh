@@ -26,6 +26,8 @@
 #   decodeall the default model decoding every token, not only the hidden ones: what the
 #             work it leaves out would cost here
 #   graphs    the same with mode="reduce-overhead": both replayed as CUDA graphs
+#   largebatch  the default model eager at batch 128: does a step bound by launching its
+#             kernels carry 4x the windows in about the same time?
 #   profile   one eager step of the default model under torch.profiler: how busy the GPU is
 #             against the wall time, kernels and operators per step (bench_profile.py)
 #   profilegraphs  the same compiled whole and replayed as CUDA graphs
@@ -44,7 +46,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
 budget=540 rehearse=0 results="" wheels="$root/.whl" steps=()
 all_steps=(gputests small base compiled loader trainer mixed finetune decodeall graphs profile
-    profilegraphs trainergraphs)
+    profilegraphs trainergraphs largebatch)
 while [ $# -gt 0 ]; do
     case $1 in
         --budget) budget=$2; shift 2 ;;
@@ -96,6 +98,7 @@ if [ "$rehearse" = 1 ]; then
     mixed=(--windows-per-system 4 --samples 100 --batch 4 --device cpu)
     finetune=(--device cpu --sensors 30 --seconds 2 --batches 1 2 --steps 1 --warmup 0)
     profile=(--device cpu --batch 1 --sensors 30 --samples 100 --steps 1 --timed 1 --warmup 0)
+    large=(--batch 4)
 else
     "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device")' || exit 1
     device=$("$py" -c 'import bench_training as b, torch; print(b.device_slug(torch.device("cuda")))') || exit 1
@@ -106,6 +109,7 @@ else
     mixed=(--windows-per-system 64 --samples 1000 --batch 32)
     finetune=(--batches 1 4 16 --steps 3 --warmup 1)
     profile=()
+    large=(--batch 128)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 fi
 log="$results/run_gpu_${device}.log"
@@ -123,6 +127,7 @@ declare -A command=(
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --compile-scope whole --skip-features --skip-luna --output ${prefix}_small_compiled.json"
     [decodeall]="bench_training.py ${training[*]} --sizes small --modes latent --decode-visible --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_decode_visible.json"
     [graphs]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile-mode reduce-overhead --compile-scope whole --skip-features --skip-luna --output ${prefix}_small_graphs.json"
+    [largebatch]="bench_training.py ${training[*]} ${large[*]} --sizes small --modes latent --ratios 0.5 --skip-features --skip-patchtst --skip-luna --output ${prefix}_small_large_batch.json"
     [loader]="bench_dataloader.py ${loader[*]} --output $results/dataloader_${device}.json"
     [trainer]="bench_pretrain.py ${pretrain[*]} --output $results/pretrain_${device}.json"
     [mixed]="bench_mixed_arrays.py ${mixed[*]} --output $results/mixed_arrays_${device}.json"

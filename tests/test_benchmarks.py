@@ -322,6 +322,22 @@ def test_summary_verdicts_follow_the_figures():
     assert _verdicts({}, None) == ["not measured"] * 4
 
 
+def test_summary_sets_a_larger_batch_beside_the_reference_one():
+    runs, _ = _runs()
+    bare = gpu_summary.default_row(runs["eager"])
+    large = {
+        "settings": {"batch": 128},
+        "training": [_row("megfm", "latent", "small", 0.5, 1400.0, mfu=0.105)],
+    }
+    assert gpu_summary.large_batch_text(bare, large) == (
+        "Eager at batch 128: 1,400 windows/s, 3.50x the reference batch's 400, MFU 10.5%, "
+        "10.0 GiB peak memory."
+    )
+    large["training"][0]["status"] = "OOM"
+    assert gpu_summary.large_batch_text(bare, large) is None
+    assert gpu_summary.large_batch_text(bare, None) is None
+
+
 def test_summary_says_how_busy_a_profiled_step_keeps_the_gpu():
     record = {
         "settings": {"batch": 32},
