@@ -34,7 +34,7 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     # `compiled` and `graphs` compile for minutes on 2 cores; the rest is every step.
     steps = [
         "gputests", "small", "base", "loader", "trainer", "decodeall", "mixed", "finetune",
-        "profile",
+        "profile", "largebatch",
     ]  # fmt: skip
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "run_gpu.sh"), "--rehearse", "--no-wheels"]
@@ -62,6 +62,12 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
         assert record["settings"]["luna"]["left_out"] == luna_left_out
         assert all(row["status"] == "ok" and row["windows_per_s"] > 0 for row in rows), rows
         assert all(row["size"] == size for row in rows)
+
+    small = json.loads((tmp_path / f"training_{DEVICE}_small.json").read_text())
+    large = json.loads((tmp_path / f"training_{DEVICE}_small_large_batch.json").read_text())
+    assert large["settings"]["batch"] == 4  # the rehearsal's larger batch (2 in `small`)
+    text = gpu_summary.large_batch_text(gpu_summary.default_row(small), large)
+    assert text.startswith("Eager at batch 4: "), text
 
     loader = json.loads((tmp_path / f"dataloader_{DEVICE}.json").read_text())
     assert gpu_summary.STREAM in {row["source"] for row in loader["results"]}
