@@ -573,6 +573,22 @@ def test_latent_model_decoding_every_token_exports():
     torch.testing.assert_close(got["reconstruction"], expected.reconstruction)
 
 
+def _assert_trains_as_eager(model, compiled, batch: dict, mask: torch.Tensor) -> None:
+    """A step of `compiled` gives the loss, reconstruction and gradients of eager `model`."""
+    expected = model(**batch, mask=mask)
+    expected.loss.backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    got = compiled(**batch, mask=mask)
+    got.loss.backward()
+    torch.testing.assert_close(got.loss, expected.loss)
+    torch.testing.assert_close(got.reconstruction, expected.reconstruction)
+    for name, p in model.named_parameters():
+        if name in gradients:
+            torch.testing.assert_close(p.grad, gradients[name], msg=name)
+    model.zero_grad(set_to_none=True)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_compiled_blocks_keep_the_sizes_that_follow_the_mask(mode):
     """Regional compilation: every block is one graph (no break), the steps between them gather
@@ -593,20 +609,7 @@ def test_compiled_blocks_keep_the_sizes_that_follow_the_mask(mode):
         mask = compute_signal_mask(
             batch["sensor_mask"], 3, 0.5, generator=torch.Generator().manual_seed(seed)
         )
-        expected = model(**batch, mask=mask)
-        expected.loss.backward()
-        gradients = {
-            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
-        }
-        model.zero_grad(set_to_none=True)
-        got = compiled(**batch, mask=mask)
-        got.loss.backward()
-        torch.testing.assert_close(got.loss, expected.loss)
-        torch.testing.assert_close(got.reconstruction, expected.reconstruction)
-        for name, p in model.named_parameters():
-            if name in gradients:
-                torch.testing.assert_close(p.grad, gradients[name], msg=name)
-        model.zero_grad(set_to_none=True)
+        _assert_trains_as_eager(model, compiled, batch, mask)
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
@@ -631,25 +634,12 @@ def test_compiled_whole_model_reads_out_and_decodes_the_hidden_tokens_alone():
         mask = compute_signal_mask(
             batch["sensor_mask"], 8, 0.5, generator=torch.Generator().manual_seed(seed)
         )
-        expected = model(**batch, mask=mask)
-        expected.loss.backward()
-        gradients = {
-            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
-        }
-        model.zero_grad(set_to_none=True)
-        got = compiled(**batch, mask=mask)
-        got.loss.backward()
+        _assert_trains_as_eager(model, compiled, batch, mask)
         hidden = mask | ~batch["sensor_mask"][:, :, None]
         chosen = TokenSelection.from_mask(hidden, COMPILED_SELECTION_BUCKETS)
         assert decoded[-1][0] == chosen.index[0].numel() < mask.numel()
         assert decoded[-1][0] % 3 == 0
         added.append(decoded[-1][0] - int(hidden.sum()))
-        torch.testing.assert_close(got.loss, expected.loss)
-        torch.testing.assert_close(got.reconstruction, expected.reconstruction)
-        for name, p in model.named_parameters():
-            if name in gradients:
-                torch.testing.assert_close(p.grad, gradients[name], msg=name)
-        model.zero_grad(set_to_none=True)
     assert all(0 <= count < 3 for count in added) and any(added), added
     breaks = list(counters["graph_break"])
     assert breaks and all("_chosen_tokens" in reason for reason in breaks), breaks
