@@ -15,8 +15,13 @@ the ``Trainer`` compile the whole model and replay it as CUDA graphs
 (``torch_compile=True, torch_compile_mode="reduce-overhead"``), the loop's counterpart of
 ``bench_training.py --compile-mode reduce-overhead --compile-scope whole``.
 
+``--profile-steps N`` runs N more steps under ``torch.profiler`` after the timed ones and says
+where the loop's time goes, as ``bench_profile.py`` does for the bare step: how busy the device
+is, how long the host waits for it (reading values back, blocking copies) and for the next
+batch, and the operators that take the most time.
+
     python benchmarks/bench_pretrain.py [--windows 1024] [--steps 80] [--warmup 10]
-        [--sources arrow parquet] [--torch-compile-mode reduce-overhead]
+        [--sources arrow parquet] [--torch-compile-mode reduce-overhead] [--profile-steps 3]
 
 Prints a table and writes ``benchmarks/results/pretrain_<device>.json`` (``--output``
 elsewhere).
@@ -32,12 +37,14 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from torch.profiler import profile
 from transformers import TrainerCallback
 
 from megfm_hf.data import MEGProcessor
 from megfm_hf.training import pretrain
 
 from bench_dataloader import SAMPLES, SENSORS, SFREQ, training_rates, write_windows
+from bench_profile import activities, print_figures, summarize
 from bench_training import PATCH_LENGTH, device_identity, device_slug, synchronize
 from common import record_header, write_results
 
@@ -45,21 +52,54 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock seconds from the end of optimiser step ``warmup`` to the end of the last."""
+    """Wall-clock seconds from the end of optimiser step ``warmup`` to the end of step ``end``."""
 
-    def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device = warmup, device
+    def __init__(self, warmup: int, end: int, device: torch.device):
+        self.warmup, self.end, self.device = warmup, end, device
         self.start: float | None = None
         self.seconds: float | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step in (self.warmup, state.max_steps):
+        if state.global_step in (self.warmup, self.end):
             synchronize(self.device)
             now = time.perf_counter()
             if state.global_step == self.warmup:
                 self.start = now
             elif self.start is not None:
                 self.seconds = now - self.start
+
+
+class StepProfiler(TrainerCallback):
+    """``torch.profiler`` over the ``steps`` optimiser steps after step ``after``.
+
+    The profile runs from the end of step ``after`` to the end of step ``after + steps``: whole
+    turns of the loop, each with the fetch of its batch. ``figures`` holds
+    :func:`bench_profile.summarize`'s figures and the profiled wall time per step (the
+    profiler's own overhead included).
+    """
+
+    def __init__(self, after: int, steps: int, device: torch.device):
+        self.after, self.steps, self.device = after, steps, device
+        self.profiler: profile | None = None
+        self.start = 0.0
+        self.figures: dict | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.after:
+            synchronize(self.device)
+            self.profiler = profile(activities=activities(self.device))
+            self.profiler.start()
+            self.start = time.perf_counter()
+        elif state.global_step == self.after + self.steps and self.profiler is not None:
+            synchronize(self.device)
+            wall_ms = (time.perf_counter() - self.start) * 1e3 / self.steps
+            self.profiler.stop()
+            self.figures = {
+                "wall_ms_per_step": wall_ms,
+                **summarize(self.profiler, self.steps, self.device),
+            }
+            busy = self.figures["device_busy_ms_per_step"]
+            self.figures["device_busy_share"] = None if busy is None else busy / wall_ms
 
 
 def write_dataset(folder: Path, windows: int, sensors: int, samples: int) -> Path:
@@ -73,6 +113,18 @@ def write_dataset(folder: Path, windows: int, sensors: int, samples: int) -> Pat
     return arrow
 
 
+def print_profile(figures: dict) -> None:
+    """Print a :class:`StepProfiler`'s figures."""
+    line = f"  profiled: {figures['wall_ms_per_step']:.1f} ms a step"
+    if figures["device_busy_ms_per_step"] is not None:
+        line += (
+            f", the device busy {figures['device_busy_ms_per_step']:.1f} ms of it "
+            f"({figures['device_busy_share']:.0%})"
+        )
+    print(line)
+    print_figures(figures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=1024)
@@ -83,6 +135,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=80, help="optimiser steps in all")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="steps profiled after the timed ones (default: none)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--sources",
@@ -101,6 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.warmup < args.steps:
         parser.error("--warmup must lie between 0 and --steps")
+    if args.profile_steps < 0:
+        parser.error("--profile-steps must be >= 0")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     datasets.disable_progress_bars()
@@ -119,21 +179,23 @@ def main() -> None:
             if args.torch_compile_mode
             else {}
         )
+        total = args.steps + args.profile_steps
         for streaming in [source == "parquet" for source in args.sources]:
-            timer = StepTimer(args.warmup, device)
+            timer = StepTimer(args.warmup, args.steps, device)
+            profiler = StepProfiler(args.steps, args.profile_steps, device)
             start = time.perf_counter()
             pretrain(
                 dataset,
                 Path(workdir) / f"run-{'stream' if streaming else 'arrow'}",
-                max_steps=args.steps,
+                max_steps=total,
                 batch_size=args.batch,
                 test_fraction=0.1,
                 streaming=streaming,
-                callbacks=[timer],
+                callbacks=[timer, profiler] if args.profile_steps else [timer],
                 bf16=cuda,
                 use_cpu=not cuda,
-                save_steps=args.steps,
-                logging_steps=args.steps,
+                save_steps=total,
+                logging_steps=total,
                 **compiling,
             )
             rate = (args.steps - args.warmup) * args.batch / timer.seconds
@@ -144,9 +206,12 @@ def main() -> None:
                     "windows_per_s": rate,
                     "timed_steps": args.steps - args.warmup,
                     "run_seconds": time.perf_counter() - start,
+                    "profile": profiler.figures,
                 }
             )
             print(f"{source:<20} {rate:10.1f} windows/s", flush=True)
+            if profiler.figures is not None:
+                print_profile(profiler.figures)
 
     steps = training_rates(output.parent)
     for label, step_rate in steps.items():
@@ -167,6 +232,7 @@ def main() -> None:
             "batch": args.batch,
             "steps": args.steps,
             "warmup": args.warmup,
+            "profiled_steps": args.profile_steps,
             "precision": "bf16" if cuda else "float32",
             "torch_compile_mode": args.torch_compile_mode,
             "model": "MEGConfig defaults (latent, 256 x 8, mask ratio 0.5)",

@@ -9,6 +9,9 @@ Beside the wall time of a step it prints
   kernels are the limit (their arithmetic, or the memory they move); far below it, the GPU
   waits for the host to launch them;
 - the kernels launched and the operators dispatched per step;
+- how often, and how long, the host waits for the device (reading a value back, a blocking
+  copy): each wait drains the queue of launched kernels, so the device then idles until the
+  host has launched the next ones;
 - the operators that take the most device time (on a CPU: host time), with their counts.
 
     python benchmarks/bench_profile.py [--batch 32] [--steps 3] [--compile-mode reduce-overhead]
@@ -45,6 +48,12 @@ from common import record_header, write_results
 RESULTS = Path(__file__).parent / "results"
 #: operators listed, by the time they take
 TOP = 15
+#: CUDA runtime calls in which the host waits for the device: ``.item()``, ``.tolist()``, a
+#: tensor's truth value, a blocking copy. (``torch.cuda.synchronize``, which the benchmarks
+#: call around what they time, is ``cudaDeviceSynchronize``: not counted.)
+WAITS = frozenset({"cudaStreamSynchronize", "cudaEventSynchronize"})
+#: how a ``torch.utils.data.DataLoader`` names the ``__next__`` calls it records
+LOADER_EVENT = "enumerate(DataLoader)"
 
 
 def training_step(model: MEGForMaskedSignalModeling, batch: dict, device: torch.device, mode):
@@ -67,12 +76,26 @@ def training_step(model: MEGForMaskedSignalModeling, batch: dict, device: torch.
 
 def profile_steps(step, steps: int, device: torch.device) -> dict[str, Any]:
     """Per-step figures of ``steps`` profiled calls of ``step``."""
-    cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as profiler:
+    with profile(activities=activities(device)) as profiler:
         for _ in range(steps):
             step()
         synchronize(device)
+    return summarize(profiler, steps, device)
+
+
+def activities(device: torch.device) -> list[ProfilerActivity]:
+    """What ``torch.profiler`` records on ``device``: the host, and a GPU's kernels."""
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def summarize(profiler: profile, steps: int, device: torch.device) -> dict[str, Any]:
+    """Per-step figures of a finished profile of ``steps`` steps on ``device``.
+
+    Beside the device's busy time, kernels and operators, the host's two kinds of waiting:
+    for the device (``WAITS``: reading a value back, a blocking copy) and for the next batch
+    (the data loader's ``__next__``, which it records itself; none in a bare step).
+    """
+    cuda = device.type == "cuda"
     events = profiler.events()
     # The device's own activities (kernels, copies), summed as torch.profiler's table sums them.
     kernels = [
@@ -84,6 +107,8 @@ def profile_steps(step, steps: int, device: torch.device) -> dict[str, Any]:
     operators = [event for event in events if event.name.startswith("aten::")]
     # Operators called inside others (aten::linear calls aten::addmm) count once, at the top.
     dispatched = [event for event in operators if not _under_operator(event)]
+    waits = [event for event in events if event.name in WAITS]
+    loading = [event for event in events if event.name.startswith(LOADER_EVENT)]
     # Each kernel's time goes to the operator that launched it (its "self" device time).
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     averages = [event for event in profiler.key_averages() if event.key.startswith("aten::")]
@@ -94,6 +119,9 @@ def profile_steps(step, steps: int, device: torch.device) -> dict[str, Any]:
         "device_busy_ms_per_step": busy if cuda else None,
         "kernels_per_step": len(kernels) / steps if cuda else None,
         "operators_per_step": len(dispatched) / steps,
+        "host_waits_per_step": len(waits) / steps if cuda else None,
+        "host_wait_ms_per_step": _elapsed_ms(waits) / steps if cuda else None,
+        "loader_ms_per_step": _elapsed_ms(loading) / steps,
         "top": [
             {
                 "name": event.key,
@@ -104,6 +132,25 @@ def profile_steps(step, steps: int, device: torch.device) -> dict[str, Any]:
         ],
         "top_by": "device time" if cuda else "host time",
     }
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    """Print what :func:`summarize` found, after the wall and busy times."""
+    if figures["host_waits_per_step"] is not None:
+        print(
+            f"host waits for the device per step: {figures['host_waits_per_step']:.1f} times, "
+            f"{figures['host_wait_ms_per_step']:.1f} ms"
+        )
+    if figures["loader_ms_per_step"]:
+        print(f"host waits for the next batch per step: {figures['loader_ms_per_step']:.1f} ms")
+    print(f"operators dispatched per step: {figures['operators_per_step']:.0f}")
+    print(f"\nby {figures['top_by']} (per step):")
+    for row in figures["top"]:
+        print(f"  {row['ms_per_step']:8.2f} ms  {row['calls_per_step']:7.1f} x  {row['name']}")
+
+
+def _elapsed_ms(events) -> float:
+    return sum(event.time_range.elapsed_us() for event in events) / 1e3
 
 
 def _under_operator(event) -> bool:
@@ -173,10 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             f"device busy per step: {busy:.1f} ms ({busy / wall_ms:.0%} of the wall time), "
             f"{figures['kernels_per_step']:.0f} kernels"
         )
-    print(f"operators dispatched per step: {figures['operators_per_step']:.0f}")
-    print(f"\nby {figures['top_by']} (per step):")
-    for row in figures["top"]:
-        print(f"  {row['ms_per_step']:8.2f} ms  {row['calls_per_step']:7.1f} x  {row['name']}")
+    print_figures(figures)
 
     record = {
         **record_header("profile", torch, transformers, **device_identity(device)),

@@ -224,22 +224,45 @@ def loop_rates(loop: dict, bare: dict) -> str:
     )
 
 
-def profile_text(label: str, record: dict) -> str:
-    """One profiled step of the default model: wall time, device busy share, kernels."""
-    s = record["settings"]
-    text = (
-        f"Profile of a default training step ({label}, batch {s['batch']}): "
-        f"{record['wall_ms_per_step']:.1f} ms a step"
-    )
-    if record.get("device_busy_ms_per_step") is not None:
+def profile_text(title: str, figures: dict) -> str:
+    """A profile's figures (``bench_profile.summarize``) after ``title``: wall time, device
+    busy share, kernels, the host's waits for the device and for batches, the top operators."""
+    text = f"{title}: {figures['wall_ms_per_step']:.1f} ms a step"
+    if figures.get("device_busy_ms_per_step") is not None:
         text += (
-            f", the GPU busy {record['device_busy_ms_per_step']:.1f} ms of it "
-            f"({record['device_busy_share']:.0%}), {record['kernels_per_step']:,.0f} kernels"
+            f", the GPU busy {figures['device_busy_ms_per_step']:.1f} ms of it "
+            f"({figures['device_busy_share']:.0%}), {figures['kernels_per_step']:,.0f} kernels"
         )
-    top = ", ".join(f"{row['name']} {row['ms_per_step']:.1f} ms" for row in record["top"][:5])
-    return (
-        text + f", {record['operators_per_step']:,.0f} operators; most {record['top_by']}: {top}."
-    )
+    text += f", {figures['operators_per_step']:,.0f} operators"
+    if figures.get("host_waits_per_step") is not None:
+        text += (
+            f"; the host waits for the GPU {figures['host_waits_per_step']:.0f} times a step "
+            f"({figures['host_wait_ms_per_step']:.1f} ms)"
+        )
+    if figures.get("loader_ms_per_step"):
+        text += f", for the next batch {figures['loader_ms_per_step']:.1f} ms"
+    top = ", ".join(f"{row['name']} {row['ms_per_step']:.1f} ms" for row in figures["top"][:5])
+    return text + f"; most {figures['top_by']}: {top}."
+
+
+def loop_profile_lines(loop: dict | None) -> list[str]:
+    """A ``bench_pretrain.py --profile-steps`` record's profiles, a paragraph per source."""
+    if not loop:
+        return []
+    mode = loop["settings"].get("torch_compile_mode")
+    return [
+        line
+        for row in loop["results"]
+        if row.get("profile")
+        for line in (
+            "",
+            profile_text(
+                f"Profile of `megfm pretrain`'s loop ({row['source']}, "
+                f"{f'compiled, {mode}' if mode else 'eager'}, batch {loop['settings']['batch']})",
+                row["profile"],
+            ),
+        )
+    ]
 
 
 def finetuning_text(record: dict | None) -> str | None:
@@ -335,7 +358,10 @@ def summary(results: Path, device: str) -> str | None:
         ]
     for label, record in profiles.items():
         if record:
-            lines += ["", profile_text(label, record)]
+            batch = record["settings"]["batch"]
+            title = f"Profile of a default training step ({label}, batch {batch})"
+            lines += ["", profile_text(title, record)]
+    lines += loop_profile_lines(loop) + loop_profile_lines(loop_graphs)
     if mixed:
         shares = ", ".join(
             f"{row['sampling']} {row['padded_share']:.1%} padded, {row['windows_per_s']:,.1f} windows/s"

@@ -19,7 +19,8 @@
 #             ratio 0.5; megfm chooses its hidden tokens between its two graphs
 #   loader    data-loader windows/s (Arrow and streamed Parquet, 0-8 workers) beside the step rate
 #   trainer   `megfm pretrain`'s own loop (Trainer, collator, loader workers, bf16) beside the
-#             bare step: does the data path keep the GPU fed? (bench_pretrain.py)
+#             bare step: does the data path keep the GPU fed? Then 3 steps profiled: how long
+#             the host waits for the GPU and for batches (bench_pretrain.py)
 #   mixed     padding and speed when a dataset mixes MEG systems (bench_mixed_arrays.py)
 #   finetune  fine-tuning memory on 306 sensors x 30 s windows, full and LoRA, activation
 #             checkpointing off and on: does it fit one 24 GB GPU? (bench_finetuning.py)
@@ -32,7 +33,7 @@
 #             against the wall time, kernels and operators per step (bench_profile.py)
 #   profilegraphs  the same compiled whole and replayed as CUDA graphs
 #   trainergraphs  `megfm pretrain`'s own loop with the Trainer compiling the whole model,
-#             torch_compile_mode="reduce-overhead" (Arrow only)
+#             torch_compile_mode="reduce-overhead" (Arrow only), profiled as `trainer` is
 #
 # --budget (default 540 s) bounds the whole run; a step starts only with at least 45 s left and
 # is stopped when the budget runs out, keeping every measurement it finished. On a machine
@@ -94,7 +95,8 @@ if [ "$rehearse" = 1 ]; then
     # runs every ratio through the same code.
     base=(--ratios 0.5)
     loader=(--windows 64 --workers 0 2)
-    pretrain=(--windows 64 --sensors 30 --samples 100 --batch 4 --steps 8 --warmup 2 --device cpu)
+    pretrain=(--windows 64 --sensors 30 --samples 100 --batch 4 --steps 8 --warmup 2 --device cpu
+        --profile-steps 2)
     mixed=(--windows-per-system 4 --samples 100 --batch 4 --device cpu)
     finetune=(--device cpu --sensors 30 --seconds 2 --batches 1 2 --steps 1 --warmup 0)
     profile=(--device cpu --batch 1 --sensors 30 --samples 100 --steps 1 --timed 1 --warmup 0)
@@ -105,7 +107,7 @@ else
     training=()
     base=()
     loader=(--windows 1024 --workers 0 2 4 8)
-    pretrain=(--windows 1024 --steps 80 --warmup 10)
+    pretrain=(--windows 1024 --steps 80 --warmup 10 --profile-steps 3)
     mixed=(--windows-per-system 64 --samples 1000 --batch 32)
     finetune=(--batches 1 4 16 --steps 3 --warmup 1)
     profile=()

@@ -77,6 +77,12 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     assert [row["source"] for row in loop["results"]] == ["arrow", "parquet (streamed)"]
     assert all(row["windows_per_s"] > 0 for row in loop["results"])
     assert any(f"training_{DEVICE}_small.json" in key for key in loop["bare_step_windows_per_s"])
+    # The loop's profiled steps, after the timed ones: their batches were waited for.
+    assert loop["settings"]["profiled_steps"] == 2
+    for row in loop["results"]:
+        profile = row["profile"]
+        assert profile["profiled_steps"] == 2 and profile["operators_per_step"] > 100
+        assert profile["loader_ms_per_step"] > 0 and profile["wall_ms_per_step"] > 0
     mixed = json.loads((tmp_path / f"mixed_arrays_{DEVICE}.json").read_text())
     assert [row["sampling"] for row in mixed["results"]] == ["random", "group_by_length"]
     assert mixed["results"][1]["padded_share"] == 0.0 < mixed["results"][0]["padded_share"]
@@ -99,6 +105,7 @@ def test_gpu_run_rehearsal_writes_every_record(tmp_path):
     assert summary.count("| **met** |") + summary.count("| **missed** |") == 3
     assert "no GPU MFU in these files | not measured" in summary  # a CPU has no bf16 peak
     assert "`megfm pretrain` loop" in summary
+    assert "Profile of `megfm pretrain`'s loop (parquet (streamed), eager, batch 4)" in summary
     assert "Decoding the hidden tokens alone (the default)" in summary
     everything = json.loads((tmp_path / f"training_{DEVICE}_small_decode_visible.json").read_text())
     assert everything["settings"]["decode_visible"] is True
@@ -355,10 +362,29 @@ def test_summary_says_how_busy_a_profiled_step_keeps_the_gpu():
         "top_by": "device time",
         "top": [{"name": "aten::mm", "calls_per_step": 144.0, "ms_per_step": 6.25}],
     }
-    assert gpu_summary.profile_text("eager", record) == (
-        "Profile of a default training step (eager, batch 32): 49.4 ms a step, the GPU busy "
-        "19.8 ms of it (40%), 1,412 kernels, 2,391 operators; most device time: aten::mm 6.2 ms."
+    assert gpu_summary.profile_text("Profile of a default training step", record) == (
+        "Profile of a default training step: 49.4 ms a step, the GPU busy 19.8 ms of it (40%), "
+        "1,412 kernels, 2,391 operators; most device time: aten::mm 6.2 ms."
     )
+    # Profiles since the host's waits were counted say them, and a loop's its batches'.
+    record |= {"host_waits_per_step": 2.0, "host_wait_ms_per_step": 3.46, "loader_ms_per_step": 0}
+    assert "operators; the host waits for the GPU 2 times a step (3.5 ms); most device" in (
+        gpu_summary.profile_text("A step", record)
+    )
+    loop = {
+        "settings": {"batch": 32, "torch_compile_mode": None},
+        "results": [
+            {"source": "arrow", "profile": record | {"loader_ms_per_step": 21.04}},
+            {"source": "parquet (streamed)", "profile": None},
+        ],
+    }
+    lines = gpu_summary.loop_profile_lines(loop)
+    assert lines[0] == "" and len(lines) == 2  # the streamed source was not profiled
+    assert lines[1].startswith("Profile of `megfm pretrain`'s loop (arrow, eager, batch 32): 49.4")
+    assert "(3.5 ms), for the next batch 21.0 ms; most device time" in lines[1]
+    loop["settings"]["torch_compile_mode"] = "reduce-overhead"
+    assert "(arrow, compiled, reduce-overhead, batch 32)" in gpu_summary.loop_profile_lines(loop)[1]
+    assert gpu_summary.loop_profile_lines(None) == []
 
 
 def test_summary_of_a_folder_without_results(tmp_path):
