@@ -8,9 +8,10 @@
 #     bash benchmarks/run_gpu.sh --rehearse [--results DIR]   # every step at toy sizes on the CPU
 #
 # STEP, in the order they run (default: all):
-#   gputests  tests/test_gpu.py on the GPU: bf16 autocast steps follow float32 in every mode,
-#             a latent pretraining step synchronises with the host twice, and the whole model
-#             replayed as CUDA graphs trains as eager (pytest -m gpu)
+#   gputests  the tests marked gpu (pytest -m gpu): bf16 autocast steps follow float32 in
+#             every mode, a latent pretraining step synchronises with the host twice, the whole
+#             model replayed as CUDA graphs trains as eager (tests/test_gpu.py), and `pretrain`
+#             with its GPU loader defaults gives the losses of blocking copies (test_training.py)
 #   small     training and features at the reference shape, width 256 x 8, every attention
 #             mode and mask ratio, PatchTST and (where braindecode is installed or carried)
 #             LUNA beside (bench_training.py)
@@ -123,7 +124,7 @@ datasets.__version__, "| megfm-hf", megfm_hf.__version__, "from", megfm_hf.__fil
 
 prefix="$results/training_${device}"
 declare -A command=(
-    [gputests]="-m pytest -q -rs -p no:cacheprovider -m gpu $root/tests/test_gpu.py"
+    [gputests]="-m pytest -q -rs -p no:cacheprovider -m gpu $root/tests/test_gpu.py $root/tests/test_training.py"
     [small]="bench_training.py ${training[*]} --sizes small --output ${prefix}_small.json"
     [base]="bench_training.py ${training[*]} ${base[*]} --sizes base --output ${prefix}_base.json"
     [compiled]="bench_training.py ${training[*]} --sizes small --modes latent --ratios 0.5 --compile --compile-scope whole --skip-features --skip-luna --output ${prefix}_small_compiled.json"

@@ -422,6 +422,57 @@ def test_persistent_loader_workers_give_every_epoch_the_batches_of_the_main_proc
                 assert torch.equal(batch[key], reference[key]), key
 
 
+def test_gpu_loader_defaults_copy_pinned_batches_without_waiting_for_the_gpu(
+    tiny_windows, tmp_path
+):
+    from megfm_hf.training.pretrain import PretrainingArguments
+    from megfm_hf.training.trainer import loader_defaults, run_from_command_line
+
+    cpu, gpu = loader_defaults(cuda=False), loader_defaults(cuda=True)
+    assert "accelerator_config" not in cpu and not cpu["dataloader_pin_memory"]
+    assert cpu["dataloader_num_workers"] == 0 and not cpu["dataloader_persistent_workers"]
+    assert gpu["dataloader_pin_memory"] and gpu["accelerator_config"] == {"non_blocking": True}
+    # The GPU defaults reach accelerate, which then copies batches with non_blocking=True.
+    loader = {key: value for key, value in gpu.items() if key != "train_sampling_strategy"}
+    trainer = _trainer(tiny_windows, tmp_path, gpu["train_sampling_strategy"], **loader)
+    assert trainer.accelerator.dataloader_config.non_blocking
+    assert trainer.get_train_dataloader()._non_blocking
+    # ... also from the command line, where they are the parser's defaults.
+    parsed = {}
+
+    def run(arguments, training_arguments):
+        parsed["args"] = training_arguments
+        return tmp_path
+
+    argv = ["--dataset", str(tmp_path), "--output_dir", str(tmp_path), "--use_cpu", "true"]
+    run_from_command_line(PretrainingArguments, gpu, run, argv, "pretrained")
+    assert parsed["args"].accelerator_config.non_blocking
+    assert parsed["args"].dataloader_num_workers == gpu["dataloader_num_workers"]
+
+
+@pytest.mark.gpu
+def test_pretraining_on_a_gpu_with_its_loader_defaults_follows_blocking_copies(
+    tiny_dataset, tmp_path
+):
+    """On CUDA, `pretrain` with its GPU defaults (loader workers, pinned batches copied without
+    waiting for the GPU, bf16) gives the losses of the same run with blocking copies."""
+    from megfm_hf.training.trainer import LOADER_DEFAULTS
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    assert LOADER_DEFAULTS["accelerator_config"] == {"non_blocking": True}
+    options = {"config": TINY_MODEL, "max_steps": 12, "batch_size": BATCH, "bf16": True}
+    options |= {"save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
+    copied = pretrain(tiny_dataset, tmp_path / "non-blocking", **options)
+    blocking = pretrain(
+        tiny_dataset, tmp_path / "blocking", accelerator_config={"non_blocking": False}, **options
+    )
+    losses = [_losses_by_step(model_dir.parent) for model_dir in (copied, blocking)]
+    assert len(losses[0]) == 12 and losses[0].keys() == losses[1].keys()
+    for step, loss in losses[0].items():
+        assert loss == pytest.approx(losses[1][step], rel=2e-2), step
+
+
 def test_persistent_workers_without_workers_are_turned_off(tiny_windows, tmp_path):
     trainer = _trainer(
         tiny_windows, tmp_path, "group_by_length", dataloader_persistent_workers=True

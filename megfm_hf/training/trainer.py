@@ -42,18 +42,32 @@ from .sampling import SensorGroupedSampler, data_seed, step_windows
 logger = logging.getLogger(__name__)
 
 
-_LOADER_WORKERS = min(4, (os.cpu_count() or 1) - 1) if torch.cuda.is_available() else 0
+def loader_defaults(cuda: bool) -> dict[str, Any]:
+    """How pretraining and fine-tuning feed the model, unless told otherwise.
 
-#: How pretraining and fine-tuning feed the model, unless told otherwise: batches of one sensor
-#: count (no padding where a dataset mixes MEG systems), and on a GPU worker processes that
-#: read and batch windows while the GPU trains, into pinned memory, and that live from one
-#: epoch (and evaluation) to the next instead of starting again, empty, at each.
-LOADER_DEFAULTS: dict[str, Any] = {
-    "train_sampling_strategy": "group_by_length",
-    "dataloader_num_workers": _LOADER_WORKERS,
-    "dataloader_pin_memory": torch.cuda.is_available(),
-    "dataloader_persistent_workers": _LOADER_WORKERS > 0,
-}
+    Batches of one sensor count (no padding where a dataset mixes MEG systems). On a GPU
+    (``cuda``), also worker processes that read and batch windows while the GPU trains, and
+    that live from one epoch (and evaluation) to the next instead of starting again, empty, at
+    each; batches in pinned memory, copied to the GPU without waiting for it
+    (``accelerator_config={"non_blocking": True}``): the host goes on launching the step's
+    kernels while the batch crosses, instead of waiting for the previous step to finish.
+
+    Any of these can be overridden (an ``accelerator_config`` of one's own replaces this one).
+    """
+    workers = min(4, (os.cpu_count() or 1) - 1) if cuda else 0
+    defaults: dict[str, Any] = {
+        "train_sampling_strategy": "group_by_length",
+        "dataloader_num_workers": workers,
+        "dataloader_pin_memory": cuda,
+        "dataloader_persistent_workers": workers > 0,
+    }
+    if cuda:
+        defaults["accelerator_config"] = {"non_blocking": True}
+    return defaults
+
+
+#: :func:`loader_defaults` on this machine.
+LOADER_DEFAULTS: dict[str, Any] = loader_defaults(torch.cuda.is_available())
 
 
 class SamplerEpochCallback(TrainerCallback):
