@@ -44,7 +44,7 @@ from megfm_hf.data import MEGProcessor
 from megfm_hf.training import pretrain
 
 from bench_dataloader import SAMPLES, SENSORS, SFREQ, training_rates, write_windows
-from bench_profile import activities, print_figures, summarize
+from bench_profile import activities, print_figures, summarize, with_wall_time
 from bench_training import PATCH_LENGTH, device_identity, device_slug, synchronize
 from common import record_header, write_results
 
@@ -74,7 +74,7 @@ class StepProfiler(TrainerCallback):
 
     The profile runs from the end of step ``after`` to the end of step ``after + steps``: whole
     turns of the loop, each with the fetch of its batch. ``figures`` holds
-    :func:`bench_profile.summarize`'s figures and the profiled wall time per step (the
+    :func:`bench_profile.with_wall_time`'s figures, with the profiled wall time per step (the
     profiler's own overhead included).
     """
 
@@ -94,12 +94,9 @@ class StepProfiler(TrainerCallback):
             synchronize(self.device)
             wall_ms = (time.perf_counter() - self.start) * 1e3 / self.steps
             self.profiler.stop()
-            self.figures = {
-                "wall_ms_per_step": wall_ms,
-                **summarize(self.profiler, self.steps, self.device),
-            }
-            busy = self.figures["device_busy_ms_per_step"]
-            self.figures["device_busy_share"] = None if busy is None else busy / wall_ms
+            self.figures = with_wall_time(
+                summarize(self.profiler, self.steps, self.device), wall_ms
+            )
 
 
 def write_dataset(folder: Path, windows: int, sensors: int, samples: int) -> Path:
@@ -111,18 +108,6 @@ def write_dataset(folder: Path, windows: int, sensors: int, samples: int) -> Pat
         sfreq=SFREQ, patch_length=PATCH_LENGTH, window_seconds=samples / SFREQ
     ).save_pretrained(str(arrow))
     return arrow
-
-
-def print_profile(figures: dict) -> None:
-    """Print a :class:`StepProfiler`'s figures."""
-    line = f"  profiled: {figures['wall_ms_per_step']:.1f} ms a step"
-    if figures["device_busy_ms_per_step"] is not None:
-        line += (
-            f", the device busy {figures['device_busy_ms_per_step']:.1f} ms of it "
-            f"({figures['device_busy_share']:.0%})"
-        )
-    print(line)
-    print_figures(figures)
 
 
 def main() -> None:
@@ -211,7 +196,8 @@ def main() -> None:
             )
             print(f"{source:<20} {rate:10.1f} windows/s", flush=True)
             if profiler.figures is not None:
-                print_profile(profiler.figures)
+                print(f"profiled: {profiler.figures['wall_ms_per_step']:.1f} ms a step")
+                print_figures(profiler.figures)
 
     steps = training_rates(output.parent)
     for label, step_rate in steps.items():

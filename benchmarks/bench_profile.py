@@ -134,8 +134,25 @@ def summarize(profiler: profile, steps: int, device: torch.device) -> dict[str, 
     }
 
 
+def with_wall_time(figures: dict[str, Any], wall_ms: float) -> dict[str, Any]:
+    """:func:`summarize`'s ``figures`` with the wall time of a step and the device's busy share
+    of it."""
+    busy = figures["device_busy_ms_per_step"]
+    return {
+        "wall_ms_per_step": wall_ms,
+        "device_busy_share": None if busy is None else busy / wall_ms,
+        **figures,
+    }
+
+
 def print_figures(figures: dict[str, Any]) -> None:
-    """Print what :func:`summarize` found, after the wall and busy times."""
+    """Print :func:`with_wall_time`'s figures, after the wall time."""
+    if figures["device_busy_share"] is not None:
+        print(
+            f"device busy per step: {figures['device_busy_ms_per_step']:.1f} ms "
+            f"({figures['device_busy_share']:.0%} of the wall time), "
+            f"{figures['kernels_per_step']:.0f} kernels"
+        )
     if figures["host_waits_per_step"] is not None:
         print(
             f"host waits for the device per step: {figures['host_waits_per_step']:.1f} times, "
@@ -207,19 +224,13 @@ def main(argv: list[str] | None = None) -> None:
 
     seconds = time_steps(step, args.warmup, args.timed, device)
     wall_ms = statistics.median(seconds) * 1e3
-    figures = profile_steps(step, args.steps, device)
-    busy = figures["device_busy_ms_per_step"]
+    figures = with_wall_time(profile_steps(step, args.steps, device), wall_ms)
     mode = args.compile_mode or "eager"
     print(
         f"{args.batch} x {args.sensors} sensors x {args.samples} samples, default model, "
         f"{mode}, on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
     print(f"wall time per step (median of {args.timed}): {wall_ms:.1f} ms")
-    if busy is not None:
-        print(
-            f"device busy per step: {busy:.1f} ms ({busy / wall_ms:.0%} of the wall time), "
-            f"{figures['kernels_per_step']:.0f} kernels"
-        )
     print_figures(figures)
 
     record = {
@@ -232,8 +243,6 @@ def main(argv: list[str] | None = None) -> None:
             "precision": "bf16 autocast" if device.type == "cuda" else "float32",
             "model": "MEGConfig defaults (latent, 256 x 8, mask ratio 0.5)",
         },
-        "wall_ms_per_step": wall_ms,
-        "device_busy_share": busy / wall_ms if busy is not None else None,
         **figures,
     }
     suffix = {None: "", "default": "_compiled", "reduce-overhead": "_graphs"}[args.compile_mode]
