@@ -541,27 +541,54 @@ def key_padding_mask(present: torch.Tensor | None) -> torch.Tensor | None:
     return present[:, None, None, :]
 
 
+class MEGFusedLinear(nn.Linear):
+    """Several linear maps of one input stacked as one layer: `parts` equal blocks of outputs.
+
+    One matrix product instead of `parts`, and one weight to cast under autocast: fewer,
+    larger kernels. Each block is initialised as a layer of its own would be
+    (:meth:`MEGPreTrainedModel._init_weights`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, parts: int):
+        super().__init__(in_features, out_features * parts)
+        self.parts = parts
+
+
 class MEGAttention(nn.Module):
     """Multi-head (self- or cross-) attention dispatched through transformers' attention registry.
 
     `config._attn_implementation` selects the kernel (`"sdpa"` by default: PyTorch's
     scaled-dot-product attention, with flash kernels on GPU when no mask is needed); a call
     with `output_attentions=True` runs the eager path, which returns the probabilities.
+
+    Projections that read the same input run as one: a self-attention's queries, keys and
+    values (`qkv_proj`), a cross-attention's keys and values (`kv_proj`, beside `q_proj`).
     """
 
     is_causal = False
 
-    def __init__(self, config: MEGConfig, hidden_size: int, num_heads: int):
+    def __init__(
+        self, config: MEGConfig, hidden_size: int, num_heads: int, cross_attention: bool = False
+    ):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_dropout
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.q_proj = nn.Linear(hidden_size, hidden_size)
+            self.kv_proj = MEGFusedLinear(hidden_size, hidden_size, parts=2)
+        else:
+            self.qkv_proj = MEGFusedLinear(hidden_size, hidden_size, parts=3)
         self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def _heads(self, projected: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(N, L, parts * D) -> `parts` tensors (N, heads, L, head_dim), views of `projected`."""
+        n, length, _ = projected.shape
+        split = projected.view(n, length, parts, self.num_heads, self.head_dim)
+        return tuple(part.transpose(1, 2) for part in split.unbind(2))
 
     def forward(
         self,
@@ -571,25 +598,23 @@ class MEGAttention(nn.Module):
         output_attentions: bool = False,
         rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, Lq, D) queries attend to (N, Lk, D) context (itself when None).
+        """(N, Lq, D) queries attend to (N, Lk, D) `context` (a cross-attention's) or to
+        themselves (a self-attention's, `context` None).
 
         With `rows`, indices `(n, q)` of some queries, only their outputs `(K, D)` come back
         (the output projection runs on them alone).
         """
-        context = hidden_states if context is None else context
+        if (context is not None) != self.cross_attention:
+            kind = (
+                "a cross-attention needs" if self.cross_attention else "a self-attention takes no"
+            )
+            raise ValueError(f"{kind} context")
         n, query_length, _ = hidden_states.shape
-        key_length = context.shape[1]
-        query = (
-            self.q_proj(hidden_states)
-            .view(n, query_length, self.num_heads, self.head_dim)
-            .transpose(1, 2)
-        )
-        key = (
-            self.k_proj(context).view(n, key_length, self.num_heads, self.head_dim).transpose(1, 2)
-        )
-        value = (
-            self.v_proj(context).view(n, key_length, self.num_heads, self.head_dim).transpose(1, 2)
-        )
+        if self.cross_attention:
+            (query,) = self._heads(self.q_proj(hidden_states), 1)
+            key, value = self._heads(self.kv_proj(context), 2)
+        else:
+            query, key, value = self._heads(self.qkv_proj(hidden_states), 3)
 
         if attention_mask is not None and attention_mask.dtype != torch.bool:
             attention_mask = attention_mask.to(query.dtype)
@@ -650,7 +675,7 @@ class MEGLayer(GradientCheckpointingLayer):
         self.context_norm = (
             nn.LayerNorm(hidden_size, eps=config.layer_norm_eps) if cross_attention else None
         )
-        self.attention = MEGAttention(config, hidden_size, num_heads)
+        self.attention = MEGAttention(config, hidden_size, num_heads, cross_attention)
         self.attention_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.mlp_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = MEGMLP(hidden_size, intermediate_size, config)
@@ -1209,8 +1234,11 @@ class MEGPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             # Xavier-uniform linear layers, as MAE: at the widths that fit a CPU the default
             # N(0, 0.02) leaves attention uniform and signal faint beside the order-one time
-            # encoding, and masked-signal training stalls for hundreds of steps.
-            init.xavier_uniform_(module.weight)
+            # encoding, and masked-signal training stalls for hundreds of steps. The blocks of
+            # a fused projection are drawn as layers of their own.
+            parts = module.parts if isinstance(module, MEGFusedLinear) else 1
+            bound = math.sqrt(6.0 / (module.in_features + module.out_features // parts))
+            init.uniform_(module.weight, -bound, bound)
         elif isinstance(module, MEGEmbeddings):
             init.trunc_normal_(module.mask_embedding, std=std)
         elif isinstance(module, MEGLatentEncoder):

@@ -19,6 +19,8 @@ from megfm_hf import (
 )
 from megfm_hf.modeling.modeling_megfm import (
     COMPILED_SELECTION_BUCKETS,
+    MEGAttention,
+    MEGFusedLinear,
     TokenSelection,
     sensor_type_scale,
 )
@@ -405,6 +407,62 @@ def test_eager_and_sdpa_agree():
     sdpa = model(**batch).last_hidden_state
     eager = model(**batch, output_attentions=True).last_hidden_state
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-4)
+
+
+def _reference_attention(query, key, value, num_heads, bias=None):
+    """Multi-head attention from first principles, in float64: (N, L, D) projections in."""
+    n, query_length, width = query.shape
+
+    def heads(x):
+        return x.double().view(n, -1, num_heads, width // num_heads).transpose(1, 2)
+
+    q, k, v = heads(query), heads(key), heads(value)
+    logits = q @ k.transpose(-1, -2) / (width // num_heads) ** 0.5
+    if bias is not None:
+        logits = logits + bias.double()
+    output = logits.softmax(-1) @ v
+    return output.transpose(1, 2).reshape(n, query_length, width)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_fused_projections_compute_each_projection_from_its_own_block(cross):
+    config = tiny_config()
+    width, heads = config.hidden_size, config.num_attention_heads
+    attention = MEGAttention(config, width, heads, cross_attention=cross).eval()
+    for parameter in attention.parameters():  # not the zero biases of a fresh layer
+        torch.nn.init.normal_(parameter, std=0.3)
+    queries = torch.randn(3, 5, width)
+    context = torch.randn(3, 7, width) if cross else None
+    bias = torch.randn(3, heads, 5, 7 if cross else 5)
+    # The blocks of each fused weight, used as separate layers.
+    if cross:
+        projections = [attention.q_proj.weight, *attention.kv_proj.weight.chunk(2)]
+        biases = [attention.q_proj.bias, *attention.kv_proj.bias.chunk(2)]
+        sources = [queries, context, context]
+    else:
+        projections = attention.qkv_proj.weight.chunk(3)
+        biases = attention.qkv_proj.bias.chunk(3)
+        sources = [queries] * 3
+    q, k, v = (F.linear(x, w, b) for x, w, b in zip(sources, projections, biases, strict=True))
+    expected = attention.o_proj(_reference_attention(q, k, v, heads, bias).float())
+    output, _ = attention(queries, context, bias)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="cross-attention needs" if cross else "takes no"):
+        attention(queries, None if cross else queries)
+
+
+def test_each_block_of_a_fused_projection_is_initialised_as_a_layer_of_its_own():
+    config = tiny_config(hidden_size=64, num_attention_heads=4)
+    model = MEGModel(config)
+    fused = [module for module in model.modules() if isinstance(module, MEGFusedLinear)]
+    assert {module.parts for module in fused} == {2, 3}
+    for module in fused:
+        # Xavier-uniform bound of one (64 x 64) block, not of the stacked (parts * 64 x 64)
+        bound = (6 / (2 * 64)) ** 0.5
+        for block in module.weight.chunk(module.parts):
+            assert block.abs().max() <= bound
+            assert block.abs().max() > 0.95 * bound
+            torch.testing.assert_close(block.std(), torch.tensor(bound / 3**0.5), rtol=0.05, atol=0)
 
 
 def test_forward_is_deterministic_in_eval_mode():

@@ -862,6 +862,7 @@ def test_megfm_pretrain_then_finetune_from_the_command_line(tiny_dataset, tmp_pa
     pretrained = MEGForMaskedSignalModeling.from_pretrained(model).state_dict()
     for name, weight in classifier.state_dict().items():
         if name.endswith("q_proj.weight"):  # the merged adapters moved every query projection
+            # (a self-attention's qkv_proj, a cross-attention's q_proj)
             assert not torch.equal(weight, pretrained[name]), name
     assert (clf / "subject_metrics.json").is_file()
     out = capsys.readouterr().out

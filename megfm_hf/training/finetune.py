@@ -121,7 +121,9 @@ def apply_strategy(
 
     ``full`` trains every weight and returns the model itself; ``linear_probe`` freezes the
     encoder (in place); ``lora`` wraps the model with peft LoRA adapters of rank ``lora_rank``
-    on every attention projection, and trains them and the classifier.
+    on every attention projection (one adapter for each fused projection: a self-attention's
+    queries, keys and values, a cross-attention's keys and values), and trains them and the
+    classifier.
     """
     check_strategy(strategy)
     if strategy == "linear_probe":
@@ -134,7 +136,7 @@ def apply_strategy(
         config = LoraConfig(
             r=lora_rank,
             lora_alpha=lora_alpha,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            target_modules=["qkv_proj", "q_proj", "kv_proj", "o_proj"],
             modules_to_save=["classifier"],
         )
         wrapped = get_peft_model(model, config)
