@@ -21,16 +21,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-.whl}
 python=${PYTHON:-python}
-rm -rf "$dir"
-mkdir -p "$dir"
 
-"$python" -m pip wheel -q --no-deps --no-build-isolation -w "$dir" .
-
-# Exact versions of this environment, so the GPU run uses what the tests ran with.
-mapfile -t pins < <("$python" - <<'EOF'
+# Exact versions of this environment, so the GPU run uses what the tests ran with. A package
+# the run needs that is not installed here stops the script (a shorter list would carry
+# wheels that cannot import); the LUNA peer's are left out, with a note, where braindecode is
+# not installed (the benchmarks then record LUNA as left out).
+pins_file=$(mktemp)
+trap 'rm -f "$pins_file"' EXIT
+"$python" - >"$pins_file" <<'EOF'
 import importlib.metadata as metadata
+import sys
 
-for name in (
+NEEDED = (
     "transformers", "datasets", "dill", "multiprocess", "mne", "mne-bids", "pooch",
     # huggingface-hub 2, which transformers requires at import, and what it needs
     "huggingface-hub", "hf-xet", "httpx2", "httpcore2", "h11", "truststore", "anyio", "idna",
@@ -38,13 +40,42 @@ for name in (
     "platformdirs", "decorator", "lazy-loader", "peft",
     # the benchmarks compile megfm by regions (accelerate.utils.compile_regions, 1.5 and newer)
     "accelerate",
-    # braindecode's LUNA (benchmarks/peers.py), without torchaudio
+)
+# braindecode's LUNA (benchmarks/peers.py), without torchaudio
+LUNA = (
     "braindecode", "einops", "docstring-inheritance", "torchinfo", "pydantic", "pydantic-core",
     "annotated-types", "typing-inspection",
-):
-    print(f"{name}=={metadata.version(name)}")
-EOF
 )
+
+
+def installed(names):
+    versions, missing = {}, []
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    return versions, missing
+
+
+needed, missing = installed(NEEDED)
+if missing:
+    sys.exit(f"gpu_wheels.sh: not installed in {sys.prefix}: {', '.join(missing)}; "
+             'install the project first (pip install -e ".[test]")')
+luna, missing = installed(LUNA)
+if missing:
+    print(f"gpu_wheels.sh: LUNA left out ({', '.join(missing)} not installed here; see "
+          "benchmarks/README.md, bench_training.py, for its install command)", file=sys.stderr)
+    luna = {}
+for name, version in {**needed, **luna}.items():
+    print(f"{name}=={version}")
+EOF
+mapfile -t pins <"$pins_file"
+
+rm -rf "$dir"
+mkdir -p "$dir"
+"$python" -m pip wheel -q --no-deps --no-build-isolation -w "$dir" .
+
 platforms=()
 for tag in manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any; do
     platforms+=(--platform "$tag")

@@ -250,6 +250,28 @@ def test_gpu_run_refuses_unknown_steps():
     assert "unknown step 'everything'" in result.stderr
 
 
+def test_gpu_wheels_refuse_an_environment_without_the_packages_the_run_needs(tmp_path):
+    """Every package the GPU run imports is pinned from the environment, or the script stops
+    naming those missing, and keeps the wheels it made before: a shorter list would carry
+    wheels that cannot import on the GPU machine."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "earlier.whl").write_bytes(b"kept")
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_wheels.sh"), str(wheels)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": str(bare / "bin" / "python")},
+    )
+    assert result.returncode != 0
+    assert "not installed in" in result.stderr
+    for name in ("transformers", "datasets", "mne", "accelerate"):
+        assert name in result.stderr
+    assert (wheels / "earlier.whl").read_bytes() == b"kept"
+
+
 def _row(model: str, mode: str, size: str, ratio: float, rate: float, **extra) -> dict:
     return {
         "model": model, "mode": mode, "size": size, "mask_ratio": ratio, "status": "ok",
