@@ -26,9 +26,7 @@ python=${PYTHON:-python}
 # the run needs that is not installed here stops the script (a shorter list would carry
 # wheels that cannot import); the LUNA peer's are left out, with a note, where braindecode is
 # not installed (the benchmarks then record LUNA as left out).
-pins_file=$(mktemp)
-trap 'rm -f "$pins_file"' EXIT
-"$python" - >"$pins_file" <<'EOF'
+pins=$("$python" - <<'EOF'
 import importlib.metadata as metadata
 import sys
 
@@ -70,7 +68,8 @@ if missing:
 for name, version in {**needed, **luna}.items():
     print(f"{name}=={version}")
 EOF
-mapfile -t pins <"$pins_file"
+)
+mapfile -t pins <<<"$pins"
 
 rm -rf "$dir"
 mkdir -p "$dir"
