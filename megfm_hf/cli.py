@@ -16,6 +16,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .memory import keep_freed_memory_unless_disabled
+
 #: subcommand name -> (module path, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("megfm_hf.simulation.cli", "generate a simulated multi-state MEG cohort (BIDS)"),
@@ -52,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``megfm`` console script."""
+    """Entry point of the ``megfm`` console script.
+
+    The process keeps the memory it frees for its next tensors
+    (:func:`~megfm_hf.memory.keep_freed_memory`; ``MEGFM_KEEP_FREED_MEMORY=0`` turns it off).
+    """
+    keep_freed_memory_unless_disabled()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])

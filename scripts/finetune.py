@@ -8,7 +8,9 @@ RUN_DIR/subject_predictions.tsv and RUN_DIR/subject_metrics.json; `--help` lists
 Works under `accelerate launch` like scripts/pretrain.py.
 """
 
+from megfm_hf.memory import keep_freed_memory_unless_disabled
 from megfm_hf.training.finetune import main
 
 if __name__ == "__main__":
+    keep_freed_memory_unless_disabled()
     main()

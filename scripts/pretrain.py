@@ -11,7 +11,9 @@ Resume after a crash with --resume (the last complete checkpoint in RUN_DIR). Th
 model lands in RUN_DIR/model; `--help` lists every option (the model's and the Trainer's).
 """
 
+from megfm_hf.memory import keep_freed_memory_unless_disabled
 from megfm_hf.training.pretrain import main
 
 if __name__ == "__main__":
+    keep_freed_memory_unless_disabled()
     main()

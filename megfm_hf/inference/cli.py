@@ -49,12 +49,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pooling", choices=POOLING_MODES, default=None,
         help="how the pooled features summarise a window (default: the model's own); "
-        "'latents' (latent mode) skips the read-out to every token, about 3x faster",
+        "'latents' (latent mode) skips the read-out to every token, about 2.5x faster",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
         "--batch-size", type=int, default=2,
-        help="windows per forward pass (default 2, fastest on CPUs; larger on GPUs)",
+        help="windows per forward pass (default 2; GPUs want larger ones)",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32",

@@ -91,8 +91,10 @@ def extract_features(
     source : path | Raw | Epochs | Evoked | list of Evoked | ProcessedRecording
         A recording, or one already processed with ``processor.process``.
     batch_size : int
-        Windows per forward pass. Small batches are fastest on CPUs (2 on the 2-core
-        benchmark machine); GPUs want larger ones.
+        Windows per forward pass. On a CPU a batch of 2 is as fast per window as larger ones
+        where the process keeps the memory it frees (:func:`megfm_hf.memory.keep_freed_memory`,
+        which ``megfm features`` calls), and faster than them where it does not; GPUs want
+        larger ones.
     event_id, mode
         Window choice, as in :meth:`MEGProcessor.process`. Every window is kept (no
         peak-to-peak rejection), so features line up with the recording.
