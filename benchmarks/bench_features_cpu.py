@@ -10,20 +10,22 @@ attention, width 256 x 8 layers, 250 Hz, patches of 25 samples) and its default 
 - **features**: ``extract_features`` over every window, in float32 and under bfloat16 autocast,
   pooled as the default model pools (the mean of its tokens) and, with the same weights, from
   its final latents (``pooling="latents"``, which skips the read-out to every token),
-  for each of ``--batch-sizes`` (on a CPU small batches are faster per window: the
-  intermediate tensors of large ones outgrow the caches and the allocator's reuse), and with
-  ``torch.compile`` at ``--compile-batch-size`` (its compilation time is added to the total),
+  for each of ``--batch-sizes``, and with ``torch.compile`` at ``--compile-batch-size`` (its
+  compilation time is added to the total),
 
 and scales both to one hour of recording (900 windows of 4 s). Every row also gives the mean
 cosine similarity of its features to the float32 eager ones. The target is one hour in at most
-5 minutes on 2 cores. Weights are random: speed does not depend on them.
+5 minutes on 2 cores. Weights are random: speed does not depend on them. As ``megfm features``
+does, the process keeps the memory it frees for its next tensors
+(:func:`megfm_hf.memory.keep_freed_memory`); ``--system-allocator`` leaves it to the system, as
+a Python session that does not opt in does.
 
 Beside it, on the same preprocessed windows, braindecode's LUNA-Base (4 queries of 64, 8 blocks:
 the default model's temporal width and depth; see ``peers.py``) in float32 and bfloat16 at each
 batch size, its forward through its classification head; ``--skip-luna`` leaves it out.
 
     python benchmarks/bench_features_cpu.py [--minutes 5] [--batch-sizes 1 2 4 8] [--threads 2] \
-        [--compile-batch-size 2 (0: no compiled runs)] [--skip-luna]
+        [--compile-batch-size 2 (0: no compiled runs)] [--skip-luna] [--system-allocator]
 
 Prints a table and writes ``benchmarks/results/features_cpu.json``.
 """
@@ -47,6 +49,7 @@ from megfm_hf.data import MEGProcessor
 from megfm_hf.data.processor import ProcessedRecording
 from megfm_hf.data.testing import make_raw, write_raw
 from megfm_hf.inference import extract_features
+from megfm_hf.memory import keep_freed_memory
 
 import peers
 from common import record_header, write_results
@@ -158,8 +161,15 @@ def main() -> None:
         "pooled from the final latents (pooling='latents', no read-out to every token)",
     )
     parser.add_argument("--skip-luna", action="store_true", help="no LUNA rows")
+    parser.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="leave freed memory to the system, as a Python session does, instead of keeping "
+        "it for the next tensors as `megfm features` does (megfm_hf.memory)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    kept = False if args.system_allocator else keep_freed_memory()
     mne.set_log_level("ERROR")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -272,6 +282,7 @@ def main() -> None:
                 "model": "LUNA-Base: 4 queries of 64, 8 blocks, patches of 40 samples",
             },
             "target_s_per_hour": TARGET_SECONDS_PER_HOUR,
+            "keep_freed_memory": kept,
         },
         "results": rows,
     }

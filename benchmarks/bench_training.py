@@ -47,6 +47,9 @@ the defaults shrink to what a CPU finishes: batch 8, 306 x 500 samples, width 25
 Prints a Markdown table and writes ``benchmarks/results/training_<device>.json`` (``cpu``, or
 the GPU's name, e.g. ``training_nvidia-h100-80gb-hbm3.json``); the file is rewritten after every
 measurement, so an interrupted run keeps what it finished. ``--output`` writes elsewhere.
+``--keep-freed-memory`` has the process keep the memory it frees for its next tensors, as the
+``megfm`` command and the training scripts do (:mod:`megfm_hf.memory`); on a CPU that spares
+the page faults of every large tensor.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ from torch.utils.flop_counter import (
 )
 
 from megfm_hf import MEGConfig, MEGForMaskedSignalModeling, MEGModel
+from megfm_hf.memory import keep_freed_memory
 
 import peers
 from common import record_header, write_results
@@ -856,6 +860,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-features", action="store_true", help="training steps only")
     parser.add_argument("--skip-patchtst", action="store_true", help="no PatchTST rows")
     parser.add_argument("--skip-luna", action="store_true", help="no LUNA rows")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="keep the memory the process frees for its next tensors, as the megfm command "
+        "and the training scripts do (megfm_hf.memory); CPU peak memories then count what the "
+        "process keeps",
+    )
     parser.add_argument("--output", type=Path, help="default: results/training_<device>.json")
     parser.add_argument(
         "--print-table", type=Path, metavar="JSON", help="print the tables of a results file"
@@ -889,6 +900,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_table:
         print(markdown(json.loads(args.print_table.read_text())))
         return
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     device = torch.device(args.device)
     settings = Settings(
         device=device,
@@ -941,6 +953,7 @@ def main(argv: list[str] | None = None) -> None:
             "decode_visible": settings.decode_visible,
             "precision": "bf16 autocast" if cuda else "float32",
             "optimizer": "AdamW (fused)" if cuda else "AdamW",
+            "keep_freed_memory": kept,
         },
         "method": (
             "each figure is the median of the timed steps after the warm-up (CUDA events on a "
