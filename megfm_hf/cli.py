@@ -34,6 +34,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("megfm_hf.demo", "the whole journey on a simulated cohort, with a report"),
 }
 
+#: Subcommands whose work is a model's forward and backward passes: their process keeps the
+#: memory it frees for its next tensors (:func:`~megfm_hf.memory.keep_freed_memory`), which on
+#: a CPU spares the page faults of every large tensor. The others (reading, simulating,
+#: packaging, publishing) leave memory to the system.
+MODEL_SUBCOMMANDS = frozenset({"pretrain", "finetune", "evaluate", "features", "demo"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand configured."""
@@ -56,11 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``megfm`` console script.
 
-    The process keeps the memory it frees for its next tensors
-    (:func:`~megfm_hf.memory.keep_freed_memory`; ``MEGFM_KEEP_FREED_MEMORY=0`` turns it off).
+    The subcommands that run a model keep the memory they free for their next tensors
+    (:data:`MODEL_SUBCOMMANDS`; ``MEGFM_KEEP_FREED_MEMORY=0`` turns it off).
     """
-    keep_freed_memory_unless_disabled()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODEL_SUBCOMMANDS:
+        keep_freed_memory_unless_disabled()
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         if getattr(module, "OWN_ARGUMENTS", False):

@@ -2,16 +2,18 @@
 
 glibc's ``malloc`` serves every block larger than its mmap threshold (32 MiB at most) with a
 mapping of its own and unmaps it when the block is freed. A forward or backward pass over MEG
-windows allocates and frees tensors of hundreds of megabytes in every block of the model, so
-each of them is mapped afresh and the kernel faults in and zeroes its pages, one by one. On a
-2-core CPU that was up to 40% of a pretraining step of the default model
-(``benchmarks/README.md``, *Freed memory kept*).
+windows allocates and frees tensors of tens to hundreds of megabytes in every block of the
+model, so each of them is mapped afresh and the kernel faults in and zeroes its pages, one by
+one. On a 2-core CPU that was 40% of a pretraining step of the default model at the reference
+shape (``benchmarks/README.md``, *Beside LUNA, at the reference shape*).
 
 :func:`keep_freed_memory` has glibc serve those blocks from its heap and keep the freed ones
 there for the next allocation. The price: the process's resident memory stays near its peak
-until it exits, instead of shrinking between allocations. The ``megfm`` command and the
-training scripts call it when they start (``MEGFM_KEEP_FREED_MEMORY=0`` in the environment
-turns that off); a Python session opts in by calling it.
+until it exits, instead of shrinking between allocations, and a heap that fragments can peak
+higher. The ``megfm`` subcommands that run a model (``pretrain``, ``finetune``, ``evaluate``,
+``features``, ``demo``) and the training scripts call it when they start
+(``MEGFM_KEEP_FREED_MEMORY=0`` in the environment turns that off); a Python session opts in by
+calling it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ logger = logging.getLogger(__name__)
 #: ``mallopt`` parameters (glibc's ``malloc.h``)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-#: the environment variable that, set to ``0``, keeps the ``megfm`` command off glibc's
-#: settings
+#: the environment variable that, set to ``0``, keeps the entry points off these settings
 ENVIRONMENT_VARIABLE = "MEGFM_KEEP_FREED_MEMORY"
 
 

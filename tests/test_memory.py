@@ -55,18 +55,25 @@ def test_freed_tensors_are_reused_without_faulting_their_pages_in_again():
     assert sum(counts["kept"]) * 3 <= sum(counts["system"]), counts
 
 
-def test_the_command_keeps_freed_memory_unless_the_environment_says_not_to(monkeypatch):
+def test_the_commands_that_run_a_model_keep_freed_memory_unless_told_not_to(monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(True) or True)
-    for setting, expected in ((None, 1), ("0", 0), ("1", 1)):
+    cases = [
+        ("features", None, 1),
+        ("features", "0", 0),
+        ("features", "1", 1),
+        ("pretrain", None, 1),
+        ("simulate", None, 0),  # reading and writing recordings leave memory to the system
+    ]
+    for command, setting, expected in cases:
         calls.clear()
         if setting is None:
             monkeypatch.delenv(memory.ENVIRONMENT_VARIABLE, raising=False)
         else:
             monkeypatch.setenv(memory.ENVIRONMENT_VARIABLE, setting)
         with pytest.raises(SystemExit):
-            cli.main(["simulate", "--help"])
-        assert len(calls) == expected, setting
+            cli.main([command, "--help"])
+        assert len(calls) == expected, (command, setting)
 
 
 @pytest.mark.skipif(GLIBC, reason="checks the platforms without glibc")
