@@ -48,7 +48,7 @@ Prints a Markdown table and writes ``benchmarks/results/training_<device>.json``
 the GPU's name, e.g. ``training_nvidia-h100-80gb-hbm3.json``); the file is rewritten after every
 measurement, so an interrupted run keeps what it finished. ``--output`` writes elsewhere.
 ``--keep-freed-memory`` has the process keep the memory it frees for its next tensors, as the
-``megfm`` command and the training scripts do (:mod:`megfm_hf.memory`); on a CPU that spares
+``megfm`` subcommands that run a model do (:mod:`megfm_hf.memory`); on a CPU that spares
 the page faults of every large tensor.
 """
 
@@ -863,8 +863,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="keep the memory the process frees for its next tensors, as the megfm command "
-        "and the training scripts do (megfm_hf.memory); CPU peak memories then count what the "
+        help="keep the memory the process frees for its next tensors, as megfm pretrain "
+        "and megfm features do (megfm_hf.memory); CPU peak memories then count what the "
         "process keeps",
     )
     parser.add_argument("--output", type=Path, help="default: results/training_<device>.json")
