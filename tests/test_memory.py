@@ -1,4 +1,4 @@
-"""Freed memory kept in the process: large tensors come from the heap, which keeps them once freed."""
+"""Freed memory kept: large tensors come from the heap, which keeps them once freed."""
 
 from __future__ import annotations
 
