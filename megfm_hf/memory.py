@@ -33,6 +33,11 @@ _M_MMAP_MAX = -4
 ENVIRONMENT_VARIABLE = "MEGFM_KEEP_FREED_MEMORY"
 
 
+def uses_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, whose ``malloc`` these settings tune."""
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Have this process keep the memory it frees for its next allocations (glibc only).
 
@@ -48,7 +53,7 @@ def keep_freed_memory() -> bool:
         Whether the setting took effect: False where the C library is not glibc (macOS,
         Windows, musl), whose allocators are left as they are.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not uses_glibc():
         return False
     libc = ctypes.CDLL(None)  # the C library this process already uses
     applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import pytest
 
 from megfm_hf import cli, memory
 
-GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+GLIBC = memory.uses_glibc()
 
 #: Allocates a 256 MiB tensor, as a model's intermediate tensors are, before and after
 #: `keep_freed_memory`, and says whether it lies in the heap (`[heap]` in /proc/self/maps) and
