@@ -38,9 +38,11 @@ PLACEMENT = textwrap.dedent(
     applied = keep_freed_memory()
     block = torch.ones(64 * 2**20)
     kept = in_heap(block)
-    live = heap()[1] - heap()[0]
+    start, end = heap()
+    live = end - start
     del block
-    freed = heap()[1] - heap()[0]
+    start, end = heap()
+    freed = end - start
     print(json.dumps({"applied": applied, "system": system, "kept": kept, "live": live,
                       "freed": freed}))
     """
